@@ -1,0 +1,1 @@
+//! The one GEMM entry point every kernel calls. (Implementation: issue 2.)
