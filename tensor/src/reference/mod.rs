@@ -1,2 +1,10 @@
 //! Plain-loop twins of every fast kernel, accumulating in f64. Compiled for tests only.
 //! One file per kernel family, mirroring the fast modules.
+mod gemm;
+mod conv;
+mod depthwise;
+mod batchnorm;
+mod elementwise;
+mod pool;
+mod reduce;
+mod softmax;
