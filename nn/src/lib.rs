@@ -1,1 +1,6 @@
-//! (filled in by its issue)
+//! Layers, models, losses, optimisers and checkpoints.
+
+pub mod arch;
+pub mod module;
+
+pub use module::{Ctx, Entry, Module, Param};

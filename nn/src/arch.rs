@@ -1,0 +1,350 @@
+//! Architecture descriptions: the block list of MobileNetV2 (any width, ImageNet or CIFAR
+//! layout) and EfficientNet-Lite0, with parameter and FLOP counts computed from the description
+//! alone, so the shrinker can cost a keep list without building a network.
+
+use serde::{Deserialize, Serialize};
+
+/// Which network family, as written in configs and checkpoint metadata.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    MobilenetV2,
+    EfficientnetLite0,
+}
+
+/// Everything needed to build a network; stored in checkpoint metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ArchConfig {
+    pub family: Family,
+    /// Channel width multiplier (MobileNetV2 only; EfficientNet-Lite0 is fixed at 1.0).
+    pub width: f32,
+    pub num_classes: usize,
+    /// 32×32 layout: stem stride 1 and the first stride-2 stage at stride 1.
+    pub cifar: bool,
+}
+
+impl ArchConfig {
+    pub fn mobilenet_v2(width: f32, num_classes: usize, cifar: bool) -> Self {
+        ArchConfig {
+            family: Family::MobilenetV2,
+            width,
+            num_classes,
+            cifar,
+        }
+    }
+
+    pub fn efficientnet_lite0(num_classes: usize, cifar: bool) -> Self {
+        ArchConfig {
+            family: Family::EfficientnetLite0,
+            width: 1.0,
+            num_classes,
+            cifar,
+        }
+    }
+
+    /// The block-level description of this network.
+    pub fn spec(&self) -> NetSpec {
+        // (expansion t, channels c, repeats n, stride s, kernel k)
+        let (stages, fixed_ends): (&[(usize, usize, usize, usize, usize)], bool) = match self.family
+        {
+            Family::MobilenetV2 => (
+                &[
+                    (1, 16, 1, 1, 3),
+                    (6, 24, 2, 2, 3),
+                    (6, 32, 3, 2, 3),
+                    (6, 64, 4, 2, 3),
+                    (6, 96, 3, 1, 3),
+                    (6, 160, 3, 2, 3),
+                    (6, 320, 1, 1, 3),
+                ],
+                false,
+            ),
+            Family::EfficientnetLite0 => (
+                &[
+                    (1, 16, 1, 1, 3),
+                    (6, 24, 2, 2, 3),
+                    (6, 40, 2, 2, 5),
+                    (6, 80, 3, 2, 3),
+                    (6, 112, 3, 1, 5),
+                    (6, 192, 4, 2, 5),
+                    (6, 320, 1, 1, 3),
+                ],
+                true,
+            ),
+        };
+        let width = if fixed_ends { 1.0 } else { self.width };
+        let stem = if fixed_ends {
+            32
+        } else {
+            make_divisible(32.0 * width)
+        };
+        let head = if fixed_ends {
+            1280
+        } else {
+            make_divisible(1280.0 * width.max(1.0))
+        };
+        let mut blocks = Vec::new();
+        let mut cin = stem;
+        for (stage, &(t, c, n, s, k)) in stages.iter().enumerate() {
+            let cout = make_divisible(c as f32 * width);
+            for i in 0..n {
+                let mut stride = if i == 0 { s } else { 1 };
+                // The CIFAR layout keeps full resolution through the first stride-2 stage.
+                if self.cifar && stage == 1 {
+                    stride = 1;
+                }
+                let hidden = (cin as f32 * t as f32).round() as usize;
+                blocks.push(BlockSpec {
+                    expand: t != 1,
+                    cin,
+                    hidden,
+                    cout,
+                    k,
+                    stride,
+                });
+                cin = cout;
+            }
+        }
+        NetSpec {
+            stem,
+            stem_stride: if self.cifar { 1 } else { 2 },
+            blocks,
+            head,
+            num_classes: self.num_classes,
+        }
+    }
+}
+
+/// torchvision's `_make_divisible(v, 8)`: round to a multiple of 8, never more than 10% down.
+pub fn make_divisible(v: f32) -> usize {
+    let rounded = (((v + 4.0) as usize) / 8 * 8).max(8);
+    if (rounded as f32) < 0.9 * v {
+        rounded + 8
+    } else {
+        rounded
+    }
+}
+
+/// One inverted-residual block (or, with `expand == false`, the depthwise-separable block).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockSpec {
+    /// False for the DS block (t = 1): dw → BN → act → pw → BN, no expansion conv.
+    pub expand: bool,
+    pub cin: usize,
+    pub hidden: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+}
+
+impl BlockSpec {
+    /// The residual connection exists iff stride 1 and Cin = Cout.
+    pub fn has_skip(&self) -> bool {
+        self.stride == 1 && self.cin == self.cout
+    }
+
+    /// Output side length for an input side length `h` (padding k/2).
+    fn out_size(&self, h: usize) -> usize {
+        (h + 2 * (self.k / 2) - self.k) / self.stride + 1
+    }
+}
+
+/// Stem, blocks, head and classifier of a network.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetSpec {
+    pub stem: usize,
+    pub stem_stride: usize,
+    pub blocks: Vec<BlockSpec>,
+    pub head: usize,
+    pub num_classes: usize,
+}
+
+/// Cost of a network under a given keep list, in two conventions.
+#[derive(Clone, Copy, Debug, PartialEq, Default, Serialize)]
+pub struct Flops {
+    /// Conv and linear multiply-adds.
+    pub macs: u64,
+    /// fvcore's count as the DepthShrinker table uses it: MACs + 5 per BatchNorm output element
+    /// + 1 per global-pool input element.
+    pub fvcore: u64,
+}
+
+impl Flops {
+    fn conv(&mut self, macs: usize, bn_outputs: Option<usize>) {
+        self.macs += macs as u64;
+        self.fvcore += macs as u64 + bn_outputs.map_or(0, |n| 5 * n as u64);
+    }
+}
+
+impl NetSpec {
+    /// Number of activation indices a keep list addresses: stem, every block, head.
+    pub fn num_acts(&self) -> usize {
+        self.blocks.len() + 2
+    }
+
+    /// Trainable parameters of the unmerged network (conv weights, BN affine, classifier).
+    pub fn num_params(&self) -> usize {
+        let conv_bn = |cin: usize, cout: usize, k: usize, groups: usize| {
+            cout * (cin / groups) * k * k + 2 * cout
+        };
+        let mut total = conv_bn(3, self.stem, 3, 1);
+        for b in &self.blocks {
+            if b.expand {
+                total += conv_bn(b.cin, b.hidden, 1, 1);
+            }
+            total += conv_bn(b.hidden, b.hidden, b.k, b.hidden) + conv_bn(b.hidden, b.cout, 1, 1);
+        }
+        let last = self.blocks.last().map_or(self.stem, |b| b.cout);
+        total + conv_bn(last, self.head, 1, 1) + self.head * self.num_classes + self.num_classes
+    }
+
+    /// Cost at input resolution `res` (batch 1) when the IR blocks whose activation is removed
+    /// (`keep[i] == false`, indices as in [`NetSpec::num_acts`]) are merged into one dense conv.
+    /// The stem, the DS block and the head stay unmerged, as in the DepthShrinker table.
+    pub fn flops(&self, res: usize, keep: &[bool]) -> Flops {
+        let mut f = Flops::default();
+        let mut h = (res + 2 - 3) / self.stem_stride + 1;
+        f.conv(3 * self.stem * 9 * h * h, Some(self.stem * h * h));
+        for (i, b) in self.blocks.iter().enumerate() {
+            let (hin, hout) = (h, b.out_size(h));
+            let merged = b.expand && !keep[i + 1];
+            if merged {
+                f.conv(b.cin * b.cout * b.k * b.k * hout * hout, None);
+            } else {
+                if b.expand {
+                    f.conv(b.cin * b.hidden * hin * hin, Some(b.hidden * hin * hin));
+                }
+                f.conv(
+                    b.hidden * b.k * b.k * hout * hout,
+                    Some(b.hidden * hout * hout),
+                );
+                f.conv(b.hidden * b.cout * hout * hout, Some(b.cout * hout * hout));
+            }
+            h = hout;
+        }
+        let last = self.blocks.last().map_or(self.stem, |b| b.cout);
+        f.conv(last * self.head * h * h, Some(self.head * h * h));
+        f.fvcore += (self.head * h * h) as u64;
+        f.conv(self.head * self.num_classes, None);
+        f
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keep_list(bits: &[u8]) -> Vec<bool> {
+        bits.iter().map(|&b| b == 1).collect()
+    }
+
+    #[test]
+    fn make_divisible_matches_torchvision() {
+        // Values from torchvision's _make_divisible(v, 8).
+        for (v, want) in [
+            (32.0 * 1.4, 48),
+            (24.0 * 1.4, 32),
+            (16.0 * 0.5, 8),
+            (32.0 * 0.5, 16),
+            (96.0 * 1.4, 136),
+            (3.0, 8),
+            (20.0, 24),
+        ] {
+            assert_eq!(make_divisible(v), want, "make_divisible({v})");
+        }
+    }
+
+    #[test]
+    fn mobilenet_v2_widths_match_the_paper() {
+        let s = ArchConfig::mobilenet_v2(1.4, 1000, false).spec();
+        assert_eq!((s.stem, s.head), (48, 1792));
+        let outs: Vec<usize> = s.blocks.iter().map(|b| b.cout).collect();
+        assert_eq!(
+            outs,
+            [
+                24, 32, 32, 48, 48, 48, 88, 88, 88, 88, 136, 136, 136, 224, 224, 224, 448
+            ]
+        );
+        assert_eq!(s.num_acts(), 19);
+        assert_eq!(
+            ArchConfig::efficientnet_lite0(1000, false)
+                .spec()
+                .num_acts(),
+            18
+        );
+    }
+
+    #[test]
+    fn mobilenet_v2_parameter_count_matches_torchvision() {
+        assert_eq!(
+            ArchConfig::mobilenet_v2(1.0, 1000, false)
+                .spec()
+                .num_params(),
+            3_504_872
+        );
+    }
+
+    #[test]
+    fn flops_reproduce_the_depthshrinker_table() {
+        let spec = ArchConfig::mobilenet_v2(1.4, 1000, false).spec();
+        let configs: [(&[u8], f64, f64); 7] = [
+            (&[1; 19], 630.15, 582.2),
+            (
+                &[0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1],
+                519.44,
+                496.2,
+            ),
+            (
+                &[1, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1],
+                502.47,
+                481.9,
+            ),
+            (
+                &[1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 1, 0, 1, 1, 1, 1, 1],
+                492.57,
+                474.4,
+            ),
+            (
+                &[0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
+                484.25,
+                466.6,
+            ),
+            (
+                &[0, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1],
+                474.36,
+                459.1,
+            ),
+            (
+                &[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+                415.98,
+                407.9,
+            ),
+        ];
+        for (bits, fvcore, macs) in configs {
+            let f = spec.flops(224, &keep_list(bits));
+            assert!(
+                (f.fvcore as f64 / 1e6 - fvcore).abs() <= 0.01,
+                "{bits:?}: fvcore {} vs {fvcore}",
+                f.fvcore as f64 / 1e6
+            );
+            assert!(
+                (f.macs as f64 / 1e6 - macs).abs() <= 0.05,
+                "{bits:?}: macs {} vs {macs}",
+                f.macs as f64 / 1e6
+            );
+        }
+        let base = ArchConfig::mobilenet_v2(1.0, 1000, false)
+            .spec()
+            .flops(224, &[true; 19]);
+        assert!(
+            (base.macs as f64 / 1e6 - 300.8).abs() < 0.05,
+            "{}",
+            base.macs
+        );
+        assert!(
+            (base.fvcore as f64 / 1e6 - 334.2).abs() < 0.05,
+            "{}",
+            base.fvcore
+        );
+    }
+}
