@@ -13,6 +13,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
+pub mod pad;
 pub mod pool;
 pub mod reduce;
 pub mod simd;
