@@ -9,6 +9,7 @@
 
 mod tape;
 
+pub mod conv;
 pub mod gradcheck;
 
 pub use tape::{Backward, Gradients, Tape, Var, VarId};

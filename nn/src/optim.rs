@@ -1,0 +1,1 @@
+//! (Implementation: issue 3.)
