@@ -9,7 +9,6 @@
 
 mod tape;
 
-pub mod conv;
 pub mod gradcheck;
 
 pub use tape::{Backward, Gradients, Tape, Var, VarId};
