@@ -77,7 +77,9 @@ impl GradCheck {
                 let minus = loss(&xs)?;
                 let numeric = ((plus - minus) / (2.0 * self.eps as f64)) as f32;
                 let a = analytic.data()[i];
-                if !((a - numeric).abs() <= self.tol * numeric.abs().max(scale).max(1e-3)) {
+                // Written so that a NaN on either side fails the check.
+                let within = (a - numeric).abs() <= self.tol * numeric.abs().max(scale).max(1e-3);
+                if !within {
                     return Err(format!(
                         "input {j}, element {i}: analytic {a} vs numeric {numeric} (scale {scale})"
                     ));

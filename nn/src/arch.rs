@@ -44,9 +44,7 @@ impl ArchConfig {
 
     /// The block-level description of this network.
     pub fn spec(&self) -> NetSpec {
-        // (expansion t, channels c, repeats n, stride s, kernel k)
-        let (stages, fixed_ends): (&[(usize, usize, usize, usize, usize)], bool) = match self.family
-        {
+        let (stages, fixed_ends): (&[Stage], bool) = match self.family {
             Family::MobilenetV2 => (
                 &[
                     (1, 16, 1, 1, 3),
@@ -114,6 +112,9 @@ impl ArchConfig {
         }
     }
 }
+
+/// One stage of the block table: (expansion t, channels c, repeats n, stride s, kernel k).
+type Stage = (usize, usize, usize, usize, usize);
 
 /// torchvision's `_make_divisible(v, 8)`: round to a multiple of 8, never more than 10% down.
 pub fn make_divisible(v: f32) -> usize {
