@@ -161,56 +161,68 @@ fn bench_conv(rng: &mut StdRng, filter: &str) {
         let y = conv::conv2d(&x, &w, Some(&b), p).unwrap();
         let flops = 2.0 * (cout * cin / groups * k * k * y.numel() / cout) as f64;
         let min_run = Duration::from_millis(if n == 1 { 50 } else { 200 });
-        // Tensor level (allocates the output, as autograd will) ...
-        let tensor_level = [
-            time(|| drop(conv::conv2d(&x, &w, Some(&b), p).unwrap()), min_run),
-            time(
-                || drop(conv::conv2d_backward_input(&y, &w, [n, cin, hw, hw], p).unwrap()),
-                min_run,
-            ),
-            time(
-                || drop(conv::conv2d_backward_weight(&x, &y, k, p).unwrap()),
-                min_run,
-            ),
-        ];
-        // ... and slice level into reused buffers: the kernels alone, without the page faults
-        // of a fresh multi-megabyte output.
+        // Tensor level (allocates the output, as autograd will), and slice level into reused
+        // buffers: the kernels alone, without the page faults of a fresh multi-megabyte output.
+        // `BENCH_ONLY=slice` (or `fwd`, `tensor bwd-w`, ...) times a subset, e.g. for perf.
+        let only = std::env::var("BENCH_ONLY").unwrap_or_default();
         let g = conv::ConvGeom::new("bench", [n, cin, hw, hw], &w_shape, p).unwrap();
         let (mut yb, mut dxb, mut dwb) = (
             vec![0.0; y.numel()],
             vec![0.0; x.numel()],
             vec![0.0; w.numel()],
         );
-        let slice_level = [
-            time(
-                || conv::forward(x.data(), w.data(), Some(b.data()), &mut yb, &g),
-                min_run,
+        let x_shape = [n, cin, hw, hw];
+        let mut passes: [(&str, &str, Box<dyn FnMut() + '_>); 6] = [
+            (
+                "tensor",
+                "fwd",
+                Box::new(|| drop(conv::conv2d(&x, &w, Some(&b), p).unwrap())),
             ),
-            time(
-                || conv::backward_input(y.data(), w.data(), &mut dxb, &g),
-                min_run,
+            (
+                "tensor",
+                "bwd-in",
+                Box::new(|| drop(conv::conv2d_backward_input(&y, &w, x_shape, p).unwrap())),
             ),
-            time(
-                || conv::backward_weight(x.data(), y.data(), &mut dwb, &g),
-                min_run,
+            (
+                "tensor",
+                "bwd-w",
+                Box::new(|| drop(conv::conv2d_backward_weight(&x, &y, k, p).unwrap())),
+            ),
+            (
+                "slice",
+                "fwd",
+                Box::new(|| conv::forward(x.data(), w.data(), Some(b.data()), &mut yb, &g)),
+            ),
+            (
+                "slice",
+                "bwd-in",
+                Box::new(|| conv::backward_input(y.data(), w.data(), &mut dxb, &g)),
+            ),
+            (
+                "slice",
+                "bwd-w",
+                Box::new(|| conv::backward_weight(x.data(), y.data(), &mut dwb, &g)),
             ),
         ];
-        let show = |(t, cpu): (f64, f64)| {
-            format!(
-                "{:7.2} ms {:5.1} GF/s ({:5.1}/core)",
+        let mut line = String::new();
+        let mut level_shown = "";
+        for (level, pass, f) in &mut passes {
+            if !only.split_whitespace().all(|o| *level == o || *pass == o) {
+                continue;
+            }
+            if *level != level_shown {
+                line += &format!("\n{label:28} {level:6}");
+                level_shown = level;
+            }
+            let (t, cpu) = time(f, min_run);
+            line += &format!(
+                " {pass} {:7.2} ms {:5.1} GF/s ({:5.1}/core) |",
                 t * 1e3,
                 flops / t / 1e9,
                 flops / cpu / 1e9
-            )
-        };
-        for (what, t) in [("tensor", tensor_level), ("slice", slice_level)] {
-            println!(
-                "{label:28} {what:6} fwd {} | bwd-in {} | bwd-w {}",
-                show(t[0]),
-                show(t[1]),
-                show(t[2])
             );
         }
+        println!("{}", line.trim_start());
     }
 }
 

@@ -232,7 +232,7 @@ impl SendConst {
 }
 
 /// Number of slice elements a `rows×cols` matrix with these strides spans (0 when empty).
-fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> usize {
+pub(crate) fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> usize {
     assert!(rs >= 0 && cs >= 0, "sgemm: negative strides {rs},{cs}");
     if rows == 0 || cols == 0 {
         return 0;
