@@ -14,6 +14,9 @@ use rand::{Rng, SeedableRng, rngs::StdRng};
 
 const RUNS: usize = 7;
 
+/// (level, pass name, timed call)
+type Pass<'a> = (&'static str, &'static str, Box<dyn FnMut() + 'a>);
+
 fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
@@ -172,7 +175,7 @@ fn bench_conv(rng: &mut StdRng, filter: &str) {
             vec![0.0; w.numel()],
         );
         let x_shape = [n, cin, hw, hw];
-        let mut passes: [(&str, &str, Box<dyn FnMut() + '_>); 6] = [
+        let mut passes: [Pass<'_>; 6] = [
             (
                 "tensor",
                 "fwd",
