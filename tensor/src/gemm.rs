@@ -1,1 +1,726 @@
-//! The one GEMM entry point every kernel calls. (Implementation: issue 2.)
+//! The one GEMM entry point every kernel calls, plus the 2-D tensor products built on it.
+//!
+//! [`sgemm`] is a strided slice API (strides express transposes) over a single-threaded backend
+//! kernel: `matrixmultiply` by default, the `gemm` crate under feature `gemm-crate`. Parallelism
+//! follows the project's one-level rule: called from inside a rayon worker it runs on that thread
+//! alone; called from outside, a large product is split into blocks of C across the global pool.
+
+use rayon::prelude::*;
+
+use crate::{Result, Tensor, TensorError};
+
+/// Below this many multiply-adds a product stays on one thread: a rayon fork costs microseconds
+/// and each block re-packs the shared operand.
+const PAR_MIN_MACS: usize = 1 << 22;
+
+/// Block edges are rounded to this so every block keeps whole micro-kernel tiles.
+const BLOCK_ALIGN: usize = 32;
+
+/// C = alpha·A·B + beta·C, with A `m×k`, B `k×n`, C `m×n` addressed as `x[i*rs + j*cs]`.
+///
+/// Strides must be non-negative and C's must not make two elements alias. With `beta == 0`,
+/// C is overwritten without being read (NaNs in it do not propagate).
+///
+/// # Panics
+/// When a matrix does not fit in its slice or C aliases itself: callers are crate kernels, which
+/// size their buffers from checked geometry, so this is a bug check, and it keeps the unsafe
+/// backend call in bounds.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: &[f32],
+    rsa: isize,
+    csa: isize,
+    b: &[f32],
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: &mut [f32],
+    rsc: isize,
+    csc: isize,
+) {
+    assert!(
+        extent(m, k, rsa, csa) <= a.len(),
+        "sgemm: A ({m}×{k}, strides {rsa},{csa}) exceeds its slice of {}",
+        a.len()
+    );
+    assert!(
+        extent(k, n, rsb, csb) <= b.len(),
+        "sgemm: B ({k}×{n}, strides {rsb},{csb}) exceeds its slice of {}",
+        b.len()
+    );
+    assert!(
+        extent(m, n, rsc, csc) <= c.len(),
+        "sgemm: C ({m}×{n}, strides {rsc},{csc}) exceeds its slice of {}",
+        c.len()
+    );
+    assert!(
+        no_self_overlap(m, n, rsc, csc),
+        "sgemm: C strides {rsc},{csc} alias elements of a {m}×{n} matrix"
+    );
+    // SAFETY: all three extents were checked against their slices above, and C (a `&mut`)
+    // cannot alias A or B.
+    unsafe {
+        sgemm_raw(
+            m,
+            k,
+            n,
+            alpha,
+            a.as_ptr(),
+            rsa,
+            csa,
+            b.as_ptr(),
+            rsb,
+            csb,
+            beta,
+            c.as_mut_ptr(),
+            rsc,
+            csc,
+        )
+    }
+}
+
+/// [`sgemm`] on raw pointers, for kernels whose parallel tasks write disjoint but interleaved
+/// parts of one output (which no set of non-overlapping `&mut` slices can express).
+///
+/// # Safety
+/// A, B and C must lie within live allocations for the given dimensions and (non-negative)
+/// strides; C must not alias A, B or itself, and no other thread may access C's elements
+/// during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_raw(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        // A and B are empty: C = beta·C (C = 0 for beta == 0, whatever it held).
+        for i in 0..m as isize {
+            for j in 0..n as isize {
+                // SAFETY: (i, j) is inside C.
+                unsafe {
+                    let v = c.offset(i * rsc + j * csc);
+                    *v = if beta == 0.0 { 0.0 } else { beta * *v };
+                }
+            }
+        }
+        return;
+    }
+    let (a, b, c) = (SendConst(a), SendConst(b), SendPtr::new(c));
+    let threads = rayon::current_num_threads();
+    let parallel = threads > 1
+        && rayon::current_thread_index().is_none()
+        && m.saturating_mul(n).saturating_mul(k) >= PAR_MIN_MACS;
+    // Split the longer side of C; the other operand is shared (and packed once per block).
+    let split_n = n >= m;
+    let len = if split_n { n } else { m };
+    let block = len.div_ceil(threads).next_multiple_of(BLOCK_ALIGN);
+    if !parallel || block >= len {
+        // SAFETY: the caller's contract.
+        unsafe {
+            kernel(
+                m,
+                k,
+                n,
+                alpha,
+                a.get(),
+                rsa,
+                csa,
+                b.get(),
+                rsb,
+                csb,
+                beta,
+                c.get(),
+                rsc,
+                csc,
+            )
+        };
+        return;
+    }
+    (0..len.div_ceil(block)).into_par_iter().for_each(|i| {
+        let (start, size) = (i * block, block.min(len - i * block));
+        // SAFETY: each block is a sub-rectangle of the caller's matrices; blocks of C are
+        // disjoint because C does not alias itself, so no two threads write the same element.
+        unsafe {
+            if split_n {
+                let (bo, co) = (start as isize * csb, start as isize * csc);
+                kernel(
+                    m,
+                    k,
+                    size,
+                    alpha,
+                    a.get(),
+                    rsa,
+                    csa,
+                    b.get().offset(bo),
+                    rsb,
+                    csb,
+                    beta,
+                    c.get().offset(co),
+                    rsc,
+                    csc,
+                );
+            } else {
+                let (ao, co) = (start as isize * rsa, start as isize * rsc);
+                kernel(
+                    size,
+                    k,
+                    n,
+                    alpha,
+                    a.get().offset(ao),
+                    rsa,
+                    csa,
+                    b.get(),
+                    rsb,
+                    csb,
+                    beta,
+                    c.get().offset(co),
+                    rsc,
+                    csc,
+                );
+            }
+        }
+    });
+}
+
+/// A raw output pointer handed to parallel tasks that write disjoint elements through it.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(*mut f32);
+// SAFETY: users guarantee that concurrent tasks never touch the same element.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    pub(crate) fn new(p: *mut f32) -> Self {
+        SendPtr(p)
+    }
+
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not the field).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// A raw read-only pointer shared by the blocks of one product.
+#[derive(Clone, Copy)]
+struct SendConst(*const f32);
+// SAFETY: nothing writes through it while the blocks read.
+unsafe impl Send for SendConst {}
+unsafe impl Sync for SendConst {}
+
+impl SendConst {
+    fn get(self) -> *const f32 {
+        self.0
+    }
+}
+
+/// Number of slice elements a `rows×cols` matrix with these strides spans (0 when empty).
+pub(crate) fn extent(rows: usize, cols: usize, rs: isize, cs: isize) -> usize {
+    assert!(rs >= 0 && cs >= 0, "sgemm: negative strides {rs},{cs}");
+    if rows == 0 || cols == 0 {
+        return 0;
+    }
+    let last = (rows - 1)
+        .checked_mul(rs as usize)
+        .and_then(|r| (cols - 1).checked_mul(cs as usize)?.checked_add(r))
+        .expect("sgemm: matrix extent overflows usize");
+    last + 1
+}
+
+/// True when no two elements of the matrix share an address (a sufficient, layout-agnostic check:
+/// the larger stride must step past everything the smaller one spans).
+fn no_self_overlap(rows: usize, cols: usize, rs: isize, cs: isize) -> bool {
+    let (mut lo, mut hi) = ((rs as usize, rows), (cs as usize, cols));
+    if lo.0 > hi.0 {
+        std::mem::swap(&mut lo, &mut hi);
+    }
+    let lo_span = if lo.1 > 1 { lo.0 * (lo.1 - 1) + 1 } else { 1 };
+    (lo.1 <= 1 || lo.0 >= 1) && (hi.1 <= 1 || hi.0 >= lo_span)
+}
+
+/// The single-threaded backend product on raw pointers.
+///
+/// # Safety
+/// The three matrices must lie within live allocations, and C must not alias A, B or itself.
+#[cfg(not(feature = "gemm-crate"))]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    // SAFETY: forwarded from the caller's contract; built without the `threading` feature, so
+    // this never spawns threads of its own.
+    unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
+}
+
+/// The single-threaded backend product on raw pointers.
+///
+/// # Safety
+/// The three matrices must lie within live allocations, and C must not alias A, B or itself.
+#[cfg(feature = "gemm-crate")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn kernel(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+) {
+    // SAFETY: forwarded from the caller's contract. The `gemm` crate computes
+    // dst = alpha·dst + beta·lhs·rhs, so the two scalars swap roles; `read_dst = false` keeps
+    // beta == 0 from reading C.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c,
+            csc,
+            rsc,
+            beta != 0.0,
+            a,
+            csa,
+            rsa,
+            b,
+            csb,
+            rsb,
+            beta,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// The dimensions of a 2-D tensor, or an error naming `op` and `what`.
+fn dims2(op: &'static str, what: &str, t: &Tensor) -> Result<[usize; 2]> {
+    match t.shape() {
+        &[r, c] => Ok([r, c]),
+        s => Err(TensorError::shape(
+            op,
+            format!("{what} must be 2-D, got {s:?}"),
+        )),
+    }
+}
+
+/// `[M,K]·[K,N] → [M,N]`.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    const OP: &str = "matmul";
+    let [m, k] = dims2(OP, "lhs", a)?;
+    let [k2, n] = dims2(OP, "rhs", b)?;
+    if k != k2 {
+        return Err(TensorError::shape(
+            OP,
+            format!("{:?} · {:?}: inner dimensions differ", a.shape(), b.shape()),
+        ));
+    }
+    let mut c = vec![0.0; m * n];
+    let (ks, ns) = (k as isize, n as isize);
+    sgemm(
+        m,
+        k,
+        n,
+        1.0,
+        a.data(),
+        ks,
+        1,
+        b.data(),
+        ns,
+        1,
+        0.0,
+        &mut c,
+        ns,
+        1,
+    );
+    Tensor::from_vec(&[m, n], c)
+}
+
+/// Linear layer forward: `y[N,O] = x[N,I]·wᵀ + bias[O]` (weight stored `[O,I]` as in PyTorch).
+pub fn linear_forward(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    const OP: &str = "linear_forward";
+    let [rows, i] = dims2(OP, "input", x)?;
+    let [o, i2] = dims2(OP, "weight", w)?;
+    if i != i2 {
+        return Err(TensorError::shape(
+            OP,
+            format!("input {:?} vs weight {:?} (O×I)", x.shape(), w.shape()),
+        ));
+    }
+    let mut y = match bias {
+        Some(b) if b.shape() != [o] => {
+            return Err(TensorError::shape(
+                OP,
+                format!("bias {:?} for {o} outputs", b.shape()),
+            ));
+        }
+        Some(b) => b.data().repeat(rows),
+        None => vec![0.0; rows * o],
+    };
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    sgemm(
+        rows,
+        i,
+        o,
+        1.0,
+        x.data(),
+        i as isize,
+        1,
+        w.data(),
+        1,
+        i as isize,
+        beta,
+        &mut y,
+        o as isize,
+        1,
+    );
+    Tensor::from_vec(&[rows, o], y)
+}
+
+/// Input gradient of [`linear_forward`]: `dx[N,I] = dy[N,O]·w[O,I]`.
+pub fn linear_backward_input(dy: &Tensor, w: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_backward_input";
+    let [rows, o] = dims2(OP, "grad", dy)?;
+    let [o2, i] = dims2(OP, "weight", w)?;
+    if o != o2 {
+        return Err(TensorError::shape(
+            OP,
+            format!("grad {:?} vs weight {:?} (O×I)", dy.shape(), w.shape()),
+        ));
+    }
+    let mut dx = vec![0.0; rows * i];
+    sgemm(
+        rows,
+        o,
+        i,
+        1.0,
+        dy.data(),
+        o as isize,
+        1,
+        w.data(),
+        i as isize,
+        1,
+        0.0,
+        &mut dx,
+        i as isize,
+        1,
+    );
+    Tensor::from_vec(&[rows, i], dx)
+}
+
+/// Weight gradient of [`linear_forward`]: `dw[O,I] = dyᵀ[O,N]·x[N,I]`.
+pub fn linear_backward_weight(dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+    const OP: &str = "linear_backward_weight";
+    let [rows, o] = dims2(OP, "grad", dy)?;
+    let [rows2, i] = dims2(OP, "input", x)?;
+    if rows != rows2 {
+        return Err(TensorError::shape(
+            OP,
+            format!(
+                "grad {:?} vs input {:?}: batch sizes differ",
+                dy.shape(),
+                x.shape()
+            ),
+        ));
+    }
+    let mut dw = vec![0.0; o * i];
+    sgemm(
+        o,
+        rows,
+        i,
+        1.0,
+        dy.data(),
+        1,
+        o as isize,
+        x.data(),
+        i as isize,
+        1,
+        0.0,
+        &mut dw,
+        i as isize,
+        1,
+    );
+    Tensor::from_vec(&[o, i], dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::gemm as reference;
+    use crate::testutil::{assert_close, rand_vec, rng};
+
+    /// A `rows×cols` matrix stored row-major, or column-major when `trans`, with `pad` unused
+    /// elements after each line: (buffer length, row stride, column stride).
+    fn layout(rows: usize, cols: usize, trans: bool, pad: usize) -> (usize, usize, usize) {
+        if trans {
+            (cols * (rows + pad), 1, rows + pad)
+        } else {
+            (rows * (cols + pad), cols + pad, 1)
+        }
+    }
+
+    /// Compares `sgemm` with the reference for one shape, transposes given as `[A, B, C]`.
+    fn check(dims: [usize; 3], trans: [bool; 3], alpha: f32, beta: f32, seed: u64) {
+        let [m, k, n] = dims;
+        let mut r = rng(seed);
+        let (la, rsa, csa) = layout(m, k, trans[0], 1);
+        let (lb, rsb, csb) = layout(k, n, trans[1], 2);
+        let (lc, rsc, csc) = layout(m, n, trans[2], 3);
+        let (a, b) = (rand_vec(&mut r, la), rand_vec(&mut r, lb));
+        let mut c = rand_vec(&mut r, lc);
+        if beta == 0.0 {
+            // beta == 0 must not read C.
+            c.iter_mut().step_by(2).for_each(|v| *v = f32::NAN);
+        }
+        let original = c.clone();
+        let mut expected = c.clone();
+        reference::sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            &a,
+            rsa,
+            csa,
+            &b,
+            rsb,
+            csb,
+            beta,
+            &mut expected,
+            rsc,
+            csc,
+        );
+        let s = |v: usize| v as isize;
+        sgemm(
+            m,
+            k,
+            n,
+            alpha,
+            &a,
+            s(rsa),
+            s(csa),
+            &b,
+            s(rsb),
+            s(csb),
+            beta,
+            &mut c,
+            s(rsc),
+            s(csc),
+        );
+        let index = |e: usize| e / n * rsc + e % n * csc;
+        let pick = |v: &[f32]| -> Vec<f32> { (0..m * n).map(|e| v[index(e)]).collect() };
+        let what = format!("sgemm {dims:?} trans {trans:?} alpha {alpha} beta {beta}");
+        assert_close(&pick(&c), &pick(&expected), 1e-5, &what);
+        // The padding between C's lines is never written.
+        let mut in_c = vec![false; lc];
+        (0..m * n).for_each(|e| in_c[index(e)] = true);
+        for ((v, o), inside) in c.iter().zip(&original).zip(in_c) {
+            assert!(
+                inside || v.to_bits() == o.to_bits(),
+                "{what}: padding written"
+            );
+        }
+    }
+
+    #[test]
+    fn all_transposes_scalars_and_tile_edges() {
+        let sizes = [1, 7, 17, 65, 257];
+        let mut seed = 0;
+        for i in 0..sizes.len() {
+            for shift in [1, 2] {
+                let dims = [sizes[i], sizes[(i + shift) % 5], sizes[(i + 2 * shift) % 5]];
+                for t in 0..8 {
+                    let trans = [t & 1 != 0, t & 2 != 0, t & 4 != 0];
+                    for (alpha, beta) in [(1.0, 0.0), (0.75, -1.5), (-2.0, 1.0)] {
+                        seed += 1;
+                        check(dims, trans, alpha, beta, seed);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threaded_split_over_columns_and_rows() {
+        // Both exceed PAR_MIN_MACS, so with a multi-thread global pool they take the split path.
+        check([257, 65, 257], [false, true, false], 0.5, 2.0, 1);
+        check([300, 65, 257], [true, false, true], 1.0, 0.0, 2);
+        check([65, 1100, 65], [false, false, false], 1.0, 0.5, 3);
+    }
+
+    #[test]
+    fn inside_a_worker_runs_on_that_worker() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        pool.install(|| check([257, 65, 257], [false, false, false], 1.0, 0.0, 4));
+    }
+
+    #[test]
+    fn empty_inner_dimension_scales_c() {
+        let mut c = vec![1.0, 2.0, 3.0, 4.0];
+        sgemm(2, 0, 2, 1.0, &[], 0, 0, &[], 0, 0, 0.5, &mut c, 2, 1);
+        assert_eq!(c, [0.5, 1.0, 1.5, 2.0]);
+        let mut c = vec![f32::NAN; 4];
+        sgemm(2, 0, 2, 1.0, &[], 0, 0, &[], 0, 0, 0.0, &mut c, 2, 1);
+        assert_eq!(c, [0.0; 4]);
+    }
+
+    #[test]
+    #[should_panic(expected = "exceeds its slice")]
+    fn short_slice_is_caught_before_the_kernel() {
+        let mut c = vec![0.0; 4];
+        sgemm(
+            2, 3, 2, 1.0, &[0.0; 5], 3, 1, &[0.0; 6], 2, 1, 0.0, &mut c, 2, 1,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "alias")]
+    fn aliasing_output_is_rejected() {
+        let mut c = vec![0.0; 4];
+        sgemm(
+            2, 1, 2, 1.0, &[0.0; 2], 1, 1, &[0.0; 2], 1, 1, 0.0, &mut c, 1, 1,
+        );
+    }
+
+    fn tensor(r: &mut rand::rngs::StdRng, shape: &[usize]) -> Tensor {
+        Tensor::from_vec(shape, rand_vec(r, shape.iter().product())).unwrap()
+    }
+
+    /// Reference product of row-major matrices with optional transposes.
+    fn product(
+        a: &Tensor,
+        ta: bool,
+        b: &Tensor,
+        tb: bool,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<f32> {
+        let mut c = vec![0.0; m * n];
+        let (rsa, csa) = if ta { (1, m) } else { (k, 1) };
+        let (rsb, csb) = if tb { (1, k) } else { (n, 1) };
+        reference::sgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data(),
+            rsa,
+            csa,
+            b.data(),
+            rsb,
+            csb,
+            0.0,
+            &mut c,
+            n,
+            1,
+        );
+        c
+    }
+
+    #[test]
+    fn matmul_and_linear_match_reference() {
+        let mut r = rng(9);
+        let (rows, i, o) = (13, 17, 7);
+        let x = tensor(&mut r, &[rows, i]);
+        let w = tensor(&mut r, &[o, i]);
+        let bias = tensor(&mut r, &[o]);
+        let dy = tensor(&mut r, &[rows, o]);
+
+        let wt = tensor(&mut r, &[i, o]);
+        let c = matmul(&x, &wt).unwrap();
+        assert_eq!(c.shape(), [rows, o]);
+        assert_close(
+            c.data(),
+            &product(&x, false, &wt, false, rows, i, o),
+            1e-5,
+            "matmul",
+        );
+
+        let y = linear_forward(&x, &w, Some(&bias)).unwrap();
+        let mut expected = product(&x, false, &w, true, rows, i, o);
+        expected
+            .iter_mut()
+            .enumerate()
+            .for_each(|(e, v)| *v += bias.data()[e % o]);
+        assert_close(y.data(), &expected, 1e-5, "linear_forward");
+        let y = linear_forward(&x, &w, None).unwrap();
+        assert_close(
+            y.data(),
+            &product(&x, false, &w, true, rows, i, o),
+            1e-5,
+            "no bias",
+        );
+
+        let dx = linear_backward_input(&dy, &w).unwrap();
+        assert_eq!(dx.shape(), [rows, i]);
+        assert_close(
+            dx.data(),
+            &product(&dy, false, &w, false, rows, o, i),
+            1e-5,
+            "dx",
+        );
+        let dw = linear_backward_weight(&dy, &x).unwrap();
+        assert_eq!(dw.shape(), [o, i]);
+        assert_close(
+            dw.data(),
+            &product(&dy, true, &x, false, o, rows, i),
+            1e-5,
+            "dw",
+        );
+    }
+
+    #[test]
+    fn tensor_products_reject_bad_shapes() {
+        let z = Tensor::zeros;
+        assert!(matmul(&z(&[2, 3]), &z(&[4, 2])).is_err());
+        assert!(matmul(&z(&[2, 3, 1]), &z(&[3, 2])).is_err());
+        assert!(linear_forward(&z(&[2, 3]), &z(&[4, 2]), None).is_err());
+        assert!(linear_forward(&z(&[2, 3]), &z(&[4, 3]), Some(&z(&[3]))).is_err());
+        assert!(linear_forward(&z(&[3]), &z(&[4, 3]), None).is_err());
+        assert!(linear_backward_input(&z(&[2, 4]), &z(&[3, 4])).is_err());
+        assert!(linear_backward_weight(&z(&[2, 4]), &z(&[3, 5])).is_err());
+    }
+}
