@@ -2,7 +2,7 @@
 //! One file per kernel family, mirroring the fast modules.
 mod gemm;
 mod conv;
-mod depthwise;
+pub(crate) mod depthwise;
 mod batchnorm;
 mod elementwise;
 mod pool;
