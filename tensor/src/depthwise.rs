@@ -79,7 +79,9 @@ fn use_avx2(path: Path, d: &Dims) -> bool {
 /// Planes per rayon task: about 8 tasks per thread for balance, each a contiguous run of planes
 /// so it streams memory in order and allocates its scratch once.
 fn planes_per_task(planes: usize) -> usize {
-    planes.div_ceil(rayon::current_num_threads().max(1) * 8).max(1)
+    planes
+        .div_ceil(rayon::current_num_threads().max(1) * 8)
+        .max(1)
 }
 
 type PlaneFn = unsafe fn(&[f32], &[f32], f32, &mut [f32], &Dims, &mut [f32]);
@@ -123,7 +125,10 @@ fn run_planes(
 }
 
 fn check_lens(what: &str, got: usize, want: usize) {
-    assert_eq!(got, want, "depthwise: {what} has {got} elements, geometry needs {want}");
+    assert_eq!(
+        got, want,
+        "depthwise: {what} has {got} elements, geometry needs {want}"
+    );
 }
 
 /// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]).
@@ -131,7 +136,14 @@ pub fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &Co
     forward_with(Path::Auto, x, w, bias, y, g);
 }
 
-fn forward_with(path: Path, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &ConvGeom) {
+fn forward_with(
+    path: Path,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    g: &ConvGeom,
+) {
     let d = Dims::new(g);
     let c = g.cin;
     check_lens("x", x.len(), g.n * c * d.in_plane());
@@ -145,7 +157,18 @@ fn forward_with(path: Path, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut 
     } else {
         (portable::fwd_scratch(&d), portable::forward_plane)
     };
-    run_planes(x, d.in_plane(), w, bias, y, d.out_plane(), c, &d, scratch, kernel);
+    run_planes(
+        x,
+        d.in_plane(),
+        w,
+        bias,
+        y,
+        d.out_plane(),
+        c,
+        &d,
+        scratch,
+        kernel,
+    );
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -178,9 +201,22 @@ fn backward_input_with(path: Path, dy: &[f32], w: &[f32], dx: &mut [f32], g: &Co
     let (scratch, kernel): (usize, GradFn) = if use_avx2(path, &d) {
         avx2_backward_input(&d)
     } else {
-        (portable::bwd_input_scratch(&d), portable::backward_input_plane)
+        (
+            portable::bwd_input_scratch(&d),
+            portable::backward_input_plane,
+        )
     };
-    run_grad(dy, d.out_plane(), w, dx, d.in_plane(), c, &d, scratch, kernel);
+    run_grad(
+        dy,
+        d.out_plane(),
+        w,
+        dx,
+        d.in_plane(),
+        c,
+        &d,
+        scratch,
+        kernel,
+    );
 }
 
 /// Like [`run_planes`] for the input gradient (no bias).
@@ -221,10 +257,22 @@ fn avx2_backward_input(d: &Dims) -> (usize, GradFn) {
     match (d.k, d.s, odd) {
         (3, 1, _) => (avx2::bwd1_scratch(d), avx2::backward_input_s1::<3>),
         (5, 1, _) => (avx2::bwd1_scratch(d), avx2::backward_input_s1::<5>),
-        (3, 2, false) => (avx2::bwd2_scratch(d), avx2::backward_input_s2::<3, 2, 1, 2, 1>),
-        (3, 2, true) => (avx2::bwd2_scratch(d), avx2::backward_input_s2::<3, 2, 1, 1, 2>),
-        (5, 2, false) => (avx2::bwd2_scratch(d), avx2::backward_input_s2::<5, 3, 2, 3, 2>),
-        (5, 2, true) => (avx2::bwd2_scratch(d), avx2::backward_input_s2::<5, 3, 2, 2, 3>),
+        (3, 2, false) => (
+            avx2::bwd2_scratch(d),
+            avx2::backward_input_s2::<3, 2, 1, 2, 1>,
+        ),
+        (3, 2, true) => (
+            avx2::bwd2_scratch(d),
+            avx2::backward_input_s2::<3, 2, 1, 1, 2>,
+        ),
+        (5, 2, false) => (
+            avx2::bwd2_scratch(d),
+            avx2::backward_input_s2::<5, 3, 2, 3, 2>,
+        ),
+        (5, 2, true) => (
+            avx2::bwd2_scratch(d),
+            avx2::backward_input_s2::<5, 3, 2, 2, 3>,
+        ),
         _ => unreachable!("use_avx2 admits k ∈ {{3,5}}, s ∈ {{1,2}}"),
     }
 }
@@ -270,10 +318,22 @@ fn backward_weight_with(path: Path, x: &[f32], dy: &[f32], dw: &mut [f32], g: &C
 #[cfg(target_arch = "x86_64")]
 fn avx2_backward_weight(d: &Dims) -> (usize, WeightFn) {
     match (d.k, d.s) {
-        (3, 1) => (avx2::fwd_scratch::<1>(d), avx2::backward_weight_channel::<3, 1>),
-        (3, 2) => (avx2::fwd_scratch::<2>(d), avx2::backward_weight_channel::<3, 2>),
-        (5, 1) => (avx2::fwd_scratch::<1>(d), avx2::backward_weight_channel::<5, 1>),
-        (5, 2) => (avx2::fwd_scratch::<2>(d), avx2::backward_weight_channel::<5, 2>),
+        (3, 1) => (
+            avx2::fwd_scratch::<1>(d),
+            avx2::backward_weight_channel::<3, 1>,
+        ),
+        (3, 2) => (
+            avx2::fwd_scratch::<2>(d),
+            avx2::backward_weight_channel::<3, 2>,
+        ),
+        (5, 1) => (
+            avx2::fwd_scratch::<1>(d),
+            avx2::backward_weight_channel::<5, 1>,
+        ),
+        (5, 2) => (
+            avx2::fwd_scratch::<2>(d),
+            avx2::backward_weight_channel::<5, 2>,
+        ),
         _ => unreachable!("use_avx2 admits k ∈ {{3,5}}, s ∈ {{1,2}}"),
     }
 }
@@ -293,8 +353,22 @@ mod tests {
     const TOL: f32 = 1e-5;
     const PATHS: [Path; 2] = [Path::Auto, Path::Portable];
 
-    fn geom(n: usize, c: usize, h: usize, w: usize, k: usize, s: usize, p: usize) -> Option<ConvGeom> {
-        ConvGeom::new("test", [n, c, h, w], &[c, 1, k, k], ConvParams::new(s, p, c)).ok()
+    fn geom(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> Option<ConvGeom> {
+        ConvGeom::new(
+            "test",
+            [n, c, h, w],
+            &[c, 1, k, k],
+            ConvParams::new(s, p, c),
+        )
+        .ok()
     }
 
     /// Runs all three passes on every path against the reference. Outputs start as NaN so an
@@ -310,7 +384,7 @@ mod tests {
         let w = rand_vec(&mut r, wl);
         let b = rand_vec(&mut r, g.cin);
         let dy = rand_vec(&mut r, yl);
-        let bias = (seed % 2 == 0).then_some(&b[..]);
+        let bias = seed.is_multiple_of(2).then_some(&b[..]);
         let mut y_ref = vec![0f32; yl];
         let mut dx_ref = vec![0f32; xl];
         let mut dw_ref = vec![0f32; wl];
@@ -336,8 +410,17 @@ mod tests {
     #[test]
     fn matches_reference_on_many_shapes() {
         const CHANNELS: [usize; 5] = [1, 3, 7, 13, 32];
-        const MAPS: [(usize, usize); 9] =
-            [(1, 1), (2, 2), (4, 4), (5, 5), (7, 7), (8, 8), (9, 9), (13, 17), (56, 56)];
+        const MAPS: [(usize, usize); 9] = [
+            (1, 1),
+            (2, 2),
+            (4, 4),
+            (5, 5),
+            (7, 7),
+            (8, 8),
+            (9, 9),
+            (13, 17),
+            (56, 56),
+        ];
         let mut idx = 0u64;
         let mut ran = 0;
         for (h, w) in MAPS {
@@ -380,10 +463,9 @@ mod tests {
         ] {
             for p in [0, k / 2, k / 2 + 1] {
                 seed += 1;
-                for g in [geom(n, c, hw, hw, k, s, p), geom(n, c, hw, hw + 3, k, s, p)] {
-                    if let Some(g) = g {
-                        check(&g, seed);
-                    }
+                let shapes = [geom(n, c, hw, hw, k, s, p), geom(n, c, hw, hw + 3, k, s, p)];
+                for g in shapes.into_iter().flatten() {
+                    check(&g, seed);
                 }
             }
         }
@@ -416,10 +498,15 @@ mod tests {
     fn avx2_path_is_taken_when_available() {
         let g = geom(1, 1, 8, 8, 3, 1, 1).unwrap();
         let d = Dims::new(&g);
-        assert_eq!(use_avx2(Path::Auto, &d), crate::simd::avx2_fma() && cfg!(target_arch = "x86_64"));
+        assert_eq!(
+            use_avx2(Path::Auto, &d),
+            crate::simd::avx2_fma() && cfg!(target_arch = "x86_64")
+        );
         assert!(!use_avx2(Path::Portable, &d));
         if !crate::simd::avx2_fma() {
-            eprintln!("note: no AVX2+FMA here (or DEPTHSHRINK_NO_SIMD set): only the portable path ran");
+            eprintln!(
+                "note: no AVX2+FMA here (or DEPTHSHRINK_NO_SIMD set): only the portable path ran"
+            );
         }
     }
 }

@@ -11,6 +11,10 @@
 //! have the lengths their `Dims` imply, and `buf` has at least the matching `*_scratch` length and
 //! is zero wherever the fill functions don't write (the caller zeroes it once per task).
 
+// Tap loops index several arrays (weights, row pointers, accumulators) by the same (i, j);
+// iterator chains would hide that structure without changing the code generated.
+#![allow(clippy::needless_range_loop)]
+
 use std::arch::x86_64::*;
 
 use super::Dims;
@@ -75,7 +79,13 @@ fn fill(
         let d = (r as isize + offr) as usize * pitch + (c0 as isize + offc) as usize;
         // SAFETY: source columns [c0, c1) of row r < sh lie in `src`; destination row r + offr < rows
         // and columns [c0 + offc, c1 + offc) ⊂ [0, pitch), so the copy stays inside `buf`.
-        unsafe { copy_row(src.as_ptr().add(r * sw + c0), buf.as_mut_ptr().add(d), c1 - c0) };
+        unsafe {
+            copy_row(
+                src.as_ptr().add(r * sw + c0),
+                buf.as_mut_ptr().add(d),
+                c1 - c0,
+            )
+        };
     }
 }
 
@@ -91,10 +101,10 @@ fn fill_s2(src: &[f32], d: &Dims, buf: &mut [f32], rows: usize) {
     let (sw, p, half) = (d.w, d.p, s2_half(d));
     assert!(src.len() >= d.h * sw && buf.len() >= rows * 2 * half);
     // Source column 2t goes to `ev[t]`, 2t+1 to `od[t]`; which half and shift depends on p's parity.
-    let (ev_off, od_off) = if p % 2 == 0 {
+    let (ev_off, od_off) = if p.is_multiple_of(2) {
         (p / 2, half + p / 2)
     } else {
-        (half + (p - 1) / 2, (p + 1) / 2)
+        (half + (p - 1) / 2, p.div_ceil(2))
     };
     let r1 = rows.min(d.h + p);
     for r in p..r1 {
@@ -117,7 +127,7 @@ fn fill_s2(src: &[f32], d: &Dims, buf: &mut [f32], rows: usize) {
             }
         }
         for c in 2 * t..sw {
-            let dst = if c % 2 == 0 { ev_off } else { od_off } + c / 2;
+            let dst = if c.is_multiple_of(2) { ev_off } else { od_off } + c / 2;
             row[dst] = s[c];
         }
     }
@@ -157,7 +167,7 @@ unsafe fn conv_row<const K: usize, const S: usize>(
     let tap = |i: usize, j: usize| {
         if S == 1 {
             a[i].wrapping_add(j)
-        } else if j % 2 == 0 {
+        } else if j.is_multiple_of(2) {
             a[i].wrapping_add(j / 2)
         } else {
             b[i].wrapping_add(j / 2)
@@ -200,7 +210,11 @@ unsafe fn conv_row<const K: usize, const S: usize>(
 /// (rows, pitch) of the padded forward buffer; for S = 2 the pitch holds `[E | O]`.
 fn fwd_buf<const S: usize>(d: &Dims) -> (usize, usize) {
     let rows = (d.oh - 1) * S + d.k;
-    if S == 1 { (rows, d.ow + d.k - 1) } else { (rows, 2 * s2_half(d)) }
+    if S == 1 {
+        (rows, d.ow + d.k - 1)
+    } else {
+        (rows, 2 * s2_half(d))
+    }
 }
 
 pub(super) fn fwd_scratch<const S: usize>(d: &Dims) -> usize {
@@ -261,7 +275,11 @@ pub(super) unsafe fn forward_plane<const K: usize, const S: usize>(
 /// Stride-1 input gradient: dy padded by k−1−p (cropped when negative) so dx is its stride-1
 /// correlation with the rotated kernel, i.e. exactly the forward row kernel.
 fn bwd1_buf(d: &Dims) -> (usize, usize, isize) {
-    (d.h + d.k - 1, d.w + d.k - 1, d.k as isize - 1 - d.p as isize)
+    (
+        d.h + d.k - 1,
+        d.w + d.k - 1,
+        d.k as isize - 1 - d.p as isize,
+    )
 }
 
 pub(super) fn bwd1_scratch(d: &Dims) -> usize {
@@ -445,7 +463,7 @@ unsafe fn bw_pass<const K: usize, const S: usize, const G: usize>(
         let tap = |i: usize, j: usize| {
             if S == 1 {
                 a[i].wrapping_add(j)
-            } else if j % 2 == 0 {
+            } else if j.is_multiple_of(2) {
                 a[i].wrapping_add(j / 2)
             } else {
                 b[i].wrapping_add(j / 2)

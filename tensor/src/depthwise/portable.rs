@@ -5,6 +5,10 @@
 //! no border cases at all; the buffer is zeroed once per task and only its valid region is ever
 //! rewritten (the same region for every plane of a call), so the padding stays zero.
 
+// Tap loops index several arrays (weights, row pointers, accumulators) by the same (i, j);
+// iterator chains would hide that structure without changing the code generated.
+#![allow(clippy::needless_range_loop)]
+
 use super::Dims;
 
 /// Lanes of the fused accumulation: 8 independent sums per row chunk.
@@ -94,7 +98,14 @@ pub(super) fn fwd_scratch(d: &Dims) -> usize {
 }
 
 /// One (image, channel) plane of the forward pass.
-pub(super) fn forward_plane(x: &[f32], w: &[f32], bias: f32, y: &mut [f32], d: &Dims, buf: &mut [f32]) {
+pub(super) fn forward_plane(
+    x: &[f32],
+    w: &[f32],
+    bias: f32,
+    y: &mut [f32],
+    d: &Dims,
+    buf: &mut [f32],
+) {
     let (rows, pitch) = fwd_buf(d);
     fill(x, d.h, d.w, buf, rows, pitch, d.p as isize, 1);
     for (oh, yr) in y.chunks_exact_mut(d.ow).enumerate() {
@@ -105,7 +116,11 @@ pub(super) fn forward_plane(x: &[f32], w: &[f32], bias: f32, y: &mut [f32], d: &
 /// Buffer of the input gradient: dy dilated by the stride and padded by k−1−p (negative: cropped),
 /// so dx is its stride-1 correlation with the 180°-rotated kernel.
 fn bwd_buf(d: &Dims) -> (usize, usize, isize) {
-    (d.h + d.k - 1, d.w + d.k - 1, d.k as isize - 1 - d.p as isize)
+    (
+        d.h + d.k - 1,
+        d.w + d.k - 1,
+        d.k as isize - 1 - d.p as isize,
+    )
 }
 
 pub(super) fn bwd_input_scratch(d: &Dims) -> usize {
@@ -115,12 +130,22 @@ pub(super) fn bwd_input_scratch(d: &Dims) -> usize {
 
 /// One plane of the input gradient. For stride > 1 the zeros of the dilation are multiplied too:
 /// simple and general; the AVX2 path gathers per phase instead.
-pub(super) fn backward_input_plane(dy: &[f32], w: &[f32], dx: &mut [f32], d: &Dims, buf: &mut [f32]) {
+pub(super) fn backward_input_plane(
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    d: &Dims,
+    buf: &mut [f32],
+) {
     let (rows, pitch, off) = bwd_buf(d);
     fill(dy, d.oh, d.ow, buf, rows, pitch, off, d.s);
     let k = d.k;
     let mut wr = [0f32; 49];
-    let wr: &mut [f32] = if k * k <= wr.len() { &mut wr[..k * k] } else { &mut vec![0f32; k * k] };
+    let wr: &mut [f32] = if k * k <= wr.len() {
+        &mut wr[..k * k]
+    } else {
+        &mut vec![0f32; k * k]
+    };
     for (t, v) in wr.iter_mut().enumerate() {
         *v = w[k * k - 1 - t];
     }
@@ -151,7 +176,16 @@ pub(super) fn backward_weight_channel(
     let mut sums = vec![[0f64; L]; k * k];
     for img in 0..n {
         let plane = img * nch + c;
-        fill(&x[plane * ip..][..ip], d.h, d.w, buf, rows, pitch, d.p as isize, 1);
+        fill(
+            &x[plane * ip..][..ip],
+            d.h,
+            d.w,
+            buf,
+            rows,
+            pitch,
+            d.p as isize,
+            1,
+        );
         let dyp = &dy[plane * op..][..op];
         for i in 0..k {
             for j in 0..k {
