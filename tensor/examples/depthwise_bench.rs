@@ -18,6 +18,14 @@ use rayon::prelude::*;
 
 const REPS: usize = 11;
 
+/// `DW_REPS` overrides the repetition count (e.g. 1 under cachegrind).
+fn reps() -> usize {
+    std::env::var("DW_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(REPS)
+}
+
 /// (name, N, C, H, k, stride) with pad = k / 2; names match `depthwise_torch.py`.
 const CASES: [(&str, usize, usize, usize, usize, usize); 9] = [
     ("k3s1 32x144@56", 32, 144, 56, 3, 1),
@@ -72,7 +80,7 @@ fn cpu_ms() -> f64 {
 /// Minimum process CPU time of one call (all threads together), after warm-up.
 fn cpu_min_ms(mut f: impl FnMut()) -> f64 {
     f();
-    (0..REPS)
+    (0..reps())
         .map(|_| {
             let s = cpu_ms();
             f();
@@ -85,7 +93,8 @@ fn times_ms(mut f: impl FnMut()) -> (f64, f64) {
     for _ in 0..2 {
         f();
     }
-    let mut t: Vec<f64> = (0..REPS)
+    let reps = reps();
+    let mut t: Vec<f64> = (0..reps)
         .map(|_| {
             let s = Instant::now();
             f();
@@ -93,7 +102,7 @@ fn times_ms(mut f: impl FnMut()) -> (f64, f64) {
         })
         .collect();
     t.sort_by(f64::total_cmp);
-    (t[REPS / 2], t[0])
+    (t[reps / 2], t[0])
 }
 
 /// `name -> [fwd, bwd_input, bwd_weight]` ms from the PyTorch script's output.
@@ -112,7 +121,7 @@ fn torch_times(path: &str) -> HashMap<String, [f64; 3]> {
 
 /// In-cache compute throughput (run with RAYON_NUM_THREADS=1): small tensors that stay in L2,
 /// each timing covering `inner` calls, so DRAM and other processes' traffic matter less.
-fn micro() {
+fn micro(filter: &str) {
     for (name, n, c, hw, k, s, inner) in [
         ("k3s1 4x16@56", 4, 16, 56, 3, 1, 20),
         ("k3s2 4x16@56", 4, 16, 56, 3, 2, 40),
@@ -124,6 +133,9 @@ fn micro() {
         ("k3s1 4x16@14", 4, 64, 14, 3, 1, 40),
         ("k3s1 4x16@7", 4, 64, 7, 3, 1, 80),
     ] {
+        if !name.contains(filter) {
+            continue;
+        }
         let g = ConvGeom::new(
             "bench",
             [n, c, hw, hw],
@@ -151,7 +163,8 @@ fn micro() {
         ];
         black_box((&y, &dx, &dw));
         println!(
-            "micro {name:14} GFLOP/s per CPU-s (best of {REPS}): fwd {:6.2}  bwd_input {:6.2}  bwd_weight {:6.2}",
+            "micro {name:14} GFLOP/s per CPU-s (best of {}): fwd {:6.2}  bwd_input {:6.2}  bwd_weight {:6.2}",
+            reps(),
             gflop / (t[0] * 1e-3),
             gflop / (t[1] * 1e-3),
             gflop / (t[2] * 1e-3)
@@ -162,7 +175,7 @@ fn micro() {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).is_some_and(|a| a == "micro") {
-        micro();
+        micro(args.get(2).map_or("", |s| s.as_str()));
         return;
     }
     let torch = args

@@ -67,6 +67,12 @@ enum Path {
     Portable,
 }
 
+/// Small "same" stride-1 planes run the AVX2 flat kernels (vectorised over the flattened plane):
+/// below 16 columns rows waste lanes or pay per-row overhead.
+fn use_flat(d: &Dims) -> bool {
+    d.s == 1 && 2 * d.p + 1 == d.k && d.w < 16
+}
+
 /// AVX2 kernels exist for these shapes only.
 fn use_avx2(path: Path, d: &Dims) -> bool {
     cfg!(target_arch = "x86_64")
@@ -84,11 +90,41 @@ fn planes_per_task(planes: usize) -> usize {
         .max(1)
 }
 
-type PlaneFn = unsafe fn(&[f32], &[f32], f32, &mut [f32], &Dims, &mut [f32]);
-type GradFn = unsafe fn(&[f32], &[f32], &mut [f32], &Dims, &mut [f32]);
+/// Runs a contiguous run of planes: `(src, w, bias, dst, first plane, channels, dims, scratch)`.
+/// The input gradient uses the same shape with `src = dy`, `dst = dx` and no bias.
+type PlanesFn =
+    unsafe fn(&[f32], &[f32], Option<&[f32]>, &mut [f32], usize, usize, &Dims, &mut [f32]);
 type WeightFn = unsafe fn(&[f32], &[f32], usize, usize, usize, &Dims, &mut [f32], &mut [f32]);
 
-/// Runs `kernel(src plane, weights, bias, dst plane, dims, scratch)` over every plane in parallel.
+/// Calls `f(src plane, dst plane, channel)` for each plane of a run starting at plane `first`;
+/// `forward` says whether src holds input planes (forward) or output planes (input gradient).
+/// Inlined into each kernel's entry point so the per-plane work is inlined too.
+#[inline(always)]
+fn each_plane(
+    src: &[f32],
+    dst: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    forward: bool,
+    mut f: impl FnMut(&[f32], &mut [f32], usize),
+) {
+    let (sp, dp) = if forward {
+        (d.in_plane(), d.out_plane())
+    } else {
+        (d.out_plane(), d.in_plane())
+    };
+    let mut c = first % chans;
+    for (src, dst) in src.chunks_exact(sp).zip(dst.chunks_exact_mut(dp)) {
+        f(src, dst, c);
+        c += 1;
+        if c == chans {
+            c = 0;
+        }
+    }
+}
+
+/// Runs `kernel` over every plane in parallel, in contiguous runs of planes.
 #[allow(clippy::too_many_arguments)]
 fn run_planes(
     src: &[f32],
@@ -100,27 +136,23 @@ fn run_planes(
     chans: usize,
     d: &Dims,
     scratch: usize,
-    kernel: PlaneFn,
+    kernel: PlanesFn,
 ) {
     if dst.is_empty() {
         return;
     }
-    let k2 = d.k * d.k;
     let per_task = planes_per_task(dst.len() / dst_plane);
     dst.par_chunks_mut(per_task * dst_plane)
         .enumerate()
         .for_each(|(t, chunk)| {
             let mut buf = vec![0f32; scratch];
-            for (l, out) in chunk.chunks_exact_mut(dst_plane).enumerate() {
-                let plane = t * per_task + l;
-                let c = plane % chans;
-                let b = bias.map_or(0.0, |b| b[c]);
-                let inp = &src[plane * src_plane..][..src_plane];
-                // SAFETY: `kernel` was chosen for this CPU and geometry (AVX2 kernels only when
-                // `use_avx2` holds); slices have the sizes `d` implies and `buf` is the zeroed
-                // scratch of the length that kernel asked for, reused only within this call.
-                unsafe { kernel(inp, &w[c * k2..][..k2], b, out, d, &mut buf) };
-            }
+            let first = t * per_task;
+            let planes = chunk.len() / dst_plane;
+            let src = &src[first * src_plane..][..planes * src_plane];
+            // SAFETY: `kernel` was chosen for this CPU and geometry (AVX2 kernels only when
+            // `use_avx2` holds); slices hold whole planes of the sizes `d` implies, and `buf` is
+            // zeroed scratch of the length that kernel asked for, used for this geometry only.
+            unsafe { kernel(src, w, bias, chunk, first, chans, d, &mut buf) };
         });
 }
 
@@ -152,10 +184,10 @@ fn forward_with(
     if let Some(b) = bias {
         check_lens("bias", b.len(), c);
     }
-    let (scratch, kernel): (usize, PlaneFn) = if use_avx2(path, &d) {
+    let (scratch, kernel): (usize, PlanesFn) = if use_avx2(path, &d) {
         avx2_forward(&d)
     } else {
-        (portable::fwd_scratch(&d), portable::forward_plane)
+        (portable::fwd_scratch(&d), portable::forward)
     };
     run_planes(
         x,
@@ -172,18 +204,24 @@ fn forward_with(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn avx2_forward(d: &Dims) -> (usize, PlaneFn) {
+fn avx2_forward(d: &Dims) -> (usize, PlanesFn) {
+    if use_flat(d) {
+        return match d.k {
+            3 => (avx2::flat_scratch(d), avx2::forward_flat_run::<3>),
+            _ => (avx2::flat_scratch(d), avx2::forward_flat_run::<5>),
+        };
+    }
     match (d.k, d.s) {
-        (3, 1) => (avx2::fwd_scratch::<1>(d), avx2::forward_plane::<3, 1>),
-        (3, 2) => (avx2::fwd_scratch::<2>(d), avx2::forward_plane::<3, 2>),
-        (5, 1) => (avx2::fwd_scratch::<1>(d), avx2::forward_plane::<5, 1>),
-        (5, 2) => (avx2::fwd_scratch::<2>(d), avx2::forward_plane::<5, 2>),
+        (3, 1) => (avx2::fwd_scratch::<1>(d), avx2::forward::<3, 1>),
+        (3, 2) => (avx2::fwd_scratch::<2>(d), avx2::forward::<3, 2>),
+        (5, 1) => (avx2::fwd_scratch::<1>(d), avx2::forward::<5, 1>),
+        (5, 2) => (avx2::fwd_scratch::<2>(d), avx2::forward::<5, 2>),
         _ => unreachable!("use_avx2 admits k ∈ {{3,5}}, s ∈ {{1,2}}"),
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn avx2_forward(_: &Dims) -> (usize, PlaneFn) {
+fn avx2_forward(_: &Dims) -> (usize, PlanesFn) {
     unreachable!()
 }
 
@@ -198,18 +236,16 @@ fn backward_input_with(path: Path, dy: &[f32], w: &[f32], dx: &mut [f32], g: &Co
     check_lens("dy", dy.len(), g.n * c * d.out_plane());
     check_lens("w", w.len(), c * d.k * d.k);
     check_lens("dx", dx.len(), g.n * c * d.in_plane());
-    let (scratch, kernel): (usize, GradFn) = if use_avx2(path, &d) {
+    let (scratch, kernel): (usize, PlanesFn) = if use_avx2(path, &d) {
         avx2_backward_input(&d)
     } else {
-        (
-            portable::bwd_input_scratch(&d),
-            portable::backward_input_plane,
-        )
+        (portable::bwd_input_scratch(&d), portable::backward_input)
     };
-    run_grad(
+    run_planes(
         dy,
         d.out_plane(),
         w,
+        None,
         dx,
         d.in_plane(),
         c,
@@ -219,66 +255,40 @@ fn backward_input_with(path: Path, dy: &[f32], w: &[f32], dx: &mut [f32], g: &Co
     );
 }
 
-/// Like [`run_planes`] for the input gradient (no bias).
-#[allow(clippy::too_many_arguments)]
-fn run_grad(
-    src: &[f32],
-    src_plane: usize,
-    w: &[f32],
-    dst: &mut [f32],
-    dst_plane: usize,
-    chans: usize,
-    d: &Dims,
-    scratch: usize,
-    kernel: GradFn,
-) {
-    if dst.is_empty() {
-        return;
-    }
-    let k2 = d.k * d.k;
-    let per_task = planes_per_task(dst.len() / dst_plane);
-    dst.par_chunks_mut(per_task * dst_plane)
-        .enumerate()
-        .for_each(|(t, chunk)| {
-            let mut buf = vec![0f32; scratch];
-            for (l, out) in chunk.chunks_exact_mut(dst_plane).enumerate() {
-                let plane = t * per_task + l;
-                let c = plane % chans;
-                let inp = &src[plane * src_plane..][..src_plane];
-                // SAFETY: as in `run_planes`.
-                unsafe { kernel(inp, &w[c * k2..][..k2], out, d, &mut buf) };
-            }
-        });
-}
-
 #[cfg(target_arch = "x86_64")]
-fn avx2_backward_input(d: &Dims) -> (usize, GradFn) {
+fn avx2_backward_input(d: &Dims) -> (usize, PlanesFn) {
+    if use_flat(d) {
+        return match d.k {
+            3 => (avx2::flat_scratch(d), avx2::backward_input_flat_run::<3>),
+            _ => (avx2::flat_scratch(d), avx2::backward_input_flat_run::<5>),
+        };
+    }
     let odd = d.p % 2 == 1;
     match (d.k, d.s, odd) {
-        (3, 1, _) => (avx2::bwd1_scratch(d), avx2::backward_input_s1::<3>),
-        (5, 1, _) => (avx2::bwd1_scratch(d), avx2::backward_input_s1::<5>),
+        (3, 1, _) => (avx2::bwd1_scratch(d), avx2::backward_input_s1_run::<3>),
+        (5, 1, _) => (avx2::bwd1_scratch(d), avx2::backward_input_s1_run::<5>),
         (3, 2, false) => (
             avx2::bwd2_scratch(d),
-            avx2::backward_input_s2::<3, 2, 1, 2, 1>,
+            avx2::backward_input_s2_run::<3, 2, 1, 2, 1>,
         ),
         (3, 2, true) => (
             avx2::bwd2_scratch(d),
-            avx2::backward_input_s2::<3, 2, 1, 1, 2>,
+            avx2::backward_input_s2_run::<3, 2, 1, 1, 2>,
         ),
         (5, 2, false) => (
             avx2::bwd2_scratch(d),
-            avx2::backward_input_s2::<5, 3, 2, 3, 2>,
+            avx2::backward_input_s2_run::<5, 3, 2, 3, 2>,
         ),
         (5, 2, true) => (
             avx2::bwd2_scratch(d),
-            avx2::backward_input_s2::<5, 3, 2, 2, 3>,
+            avx2::backward_input_s2_run::<5, 3, 2, 2, 3>,
         ),
         _ => unreachable!("use_avx2 admits k ∈ {{3,5}}, s ∈ {{1,2}}"),
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn avx2_backward_input(_: &Dims) -> (usize, GradFn) {
+fn avx2_backward_input(_: &Dims) -> (usize, PlanesFn) {
     unreachable!()
 }
 
@@ -317,6 +327,12 @@ fn backward_weight_with(path: Path, x: &[f32], dy: &[f32], dw: &mut [f32], g: &C
 
 #[cfg(target_arch = "x86_64")]
 fn avx2_backward_weight(d: &Dims) -> (usize, WeightFn) {
+    if use_flat(d) {
+        return match d.k {
+            3 => (avx2::flat_scratch(d), avx2::backward_weight_flat::<3>),
+            _ => (avx2::flat_scratch(d), avx2::backward_weight_flat::<5>),
+        };
+    }
     match (d.k, d.s) {
         (3, 1) => (
             avx2::fwd_scratch::<1>(d),

@@ -17,7 +17,7 @@
 
 use std::arch::x86_64::*;
 
-use super::Dims;
+use super::{Dims, each_plane};
 
 /// Floats after the last buffer row: room for a vector read starting at the row's last element.
 const SLACK: usize = 16;
@@ -107,28 +107,51 @@ fn fill_s2(src: &[f32], d: &Dims, buf: &mut [f32], rows: usize) {
         (half + (p - 1) / 2, p.div_ceil(2))
     };
     let r1 = rows.min(d.h + p);
+    // The tail (fewer than 16 columns) has the same length on every row: masks built once.
+    let full = sw / 16 * 8;
+    let rem = sw - 2 * full;
+    let m = |base: i32| {
+        _mm_cmpgt_epi32(
+            _mm_set1_epi32(rem as i32),
+            _mm_setr_epi32(base, base + 1, base + 2, base + 3),
+        )
+    };
+    let (m0, m4, m8, m12) = (m(0), m(4), m(8), m(12));
+    let (me, mo) = (tail_mask(rem.div_ceil(2)), tail_mask(rem / 2));
     for r in p..r1 {
-        let s = &src[(r - p) * sw..][..sw];
-        let row = &mut buf[r * 2 * half..][..2 * half];
-        let mut t = 0;
-        // SAFETY: reads s[2t..2t+16] ⊂ s; writes row[ev_off + t..+8] and row[od_off + t..+8], which
-        // fit because half ≥ ⌈sw/2⌉ + ⌈p/2⌉ ≥ t + 8 + (offset within the half).
+        // Columns 0-3 and 8-11 in one register, 4-7 and 12-15 in the other: then an in-lane
+        // shuffle yields the 8 even (odd) columns in order, with no lane-crossing permute
+        // (those run on a single port and made this fill slower than the convolution).
+        // SAFETY: row r − p < h of `src` and row r < rows of `buf` exist (asserted above). Full
+        // iterations read s[2t..2t+16] with 2t + 16 ≤ sw; the tail's masked loads touch only
+        // columns below sw (`wrapping_add`: for a short tail those addresses lie past the row, but
+        // their lanes are off). Writes go to row[ev_off + t..][..8] and row[od_off + t..][..8]
+        // (masked to the valid count in the tail), inside the row as half ≥ ⌈sw/2⌉ + ⌈p/2⌉.
         unsafe {
-            while 2 * t + 16 <= sw {
-                let a = _mm256_loadu_ps(s.as_ptr().add(2 * t));
-                let b = _mm256_loadu_ps(s.as_ptr().add(2 * t + 8));
-                let e = _mm256_shuffle_ps::<0x88>(a, b);
-                let o = _mm256_shuffle_ps::<0xDD>(a, b);
-                let e = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(e)));
-                let o = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(_mm256_castps_pd(o)));
-                _mm256_storeu_ps(row.as_mut_ptr().add(ev_off + t), e);
-                _mm256_storeu_ps(row.as_mut_ptr().add(od_off + t), o);
+            let sp = src.as_ptr().add((r - p) * sw);
+            let rp = buf.as_mut_ptr().add(r * 2 * half);
+            let mut t = 0;
+            while t < full {
+                let q = sp.add(2 * t);
+                let a = _mm256_loadu2_m128(q.add(8), q);
+                let b = _mm256_loadu2_m128(q.add(12), q.add(4));
+                _mm256_storeu_ps(rp.add(ev_off + t), _mm256_shuffle_ps::<0x88>(a, b));
+                _mm256_storeu_ps(rp.add(od_off + t), _mm256_shuffle_ps::<0xDD>(a, b));
                 t += 8;
             }
-        }
-        for c in 2 * t..sw {
-            let dst = if c.is_multiple_of(2) { ev_off } else { od_off } + c / 2;
-            row[dst] = s[c];
+            if rem > 0 {
+                let q = sp.add(2 * t);
+                let a = _mm256_set_m128(
+                    _mm_maskload_ps(q.wrapping_add(8), m8),
+                    _mm_maskload_ps(q, m0),
+                );
+                let b = _mm256_set_m128(
+                    _mm_maskload_ps(q.wrapping_add(12), m12),
+                    _mm_maskload_ps(q.wrapping_add(4), m4),
+                );
+                _mm256_maskstore_ps(rp.add(ev_off + t), me, _mm256_shuffle_ps::<0x88>(a, b));
+                _mm256_maskstore_ps(rp.add(od_off + t), mo, _mm256_shuffle_ps::<0xDD>(a, b));
+            }
         }
     }
 }
@@ -251,7 +274,8 @@ fn fwd_rows<const K: usize, const S: usize>(
 /// # Safety
 /// See the module contract.
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn forward_plane<const K: usize, const S: usize>(
+#[inline]
+unsafe fn forward_plane<const K: usize, const S: usize>(
     x: &[f32],
     w: &[f32],
     bias: f32,
@@ -290,7 +314,8 @@ pub(super) fn bwd1_scratch(d: &Dims) -> usize {
 /// # Safety
 /// See the module contract (here `S = 1`).
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn backward_input_s1<const K: usize>(
+#[inline]
+unsafe fn backward_input_s1<const K: usize>(
     dy: &[f32],
     w: &[f32],
     dx: &mut [f32],
@@ -394,7 +419,8 @@ unsafe fn bwd2_row<const LI: usize, const L0: usize, const L1: usize>(
 /// See the module contract (here `S = 2`). `LE`/`LO` are the row tap counts for even/odd
 /// `a + p` (⌈K/2⌉, ⌊K/2⌋), `L0`/`L1` the column tap counts of the two phases (they depend on p).
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn backward_input_s2<
+#[inline]
+unsafe fn backward_input_s2<
     const K: usize,
     const LE: usize,
     const LO: usize,
@@ -508,6 +534,20 @@ fn hsum(v: __m256) -> f64 {
     a.iter().map(|&x| x as f64).sum()
 }
 
+/// Terms per lane the f32 weight-gradient accumulators take before they are flushed to f64.
+const FLUSH: usize = 1 << 14;
+
+/// Adds the accumulators into the f64 sums and clears them.
+#[target_feature(enable = "avx2,fma")]
+fn flush<const K: usize>(acc: &mut [[__m256; K]; K], sums: &mut [[f64; K]; K]) {
+    for i in 0..K {
+        for j in 0..K {
+            sums[i][j] += hsum(acc[i][j]);
+            acc[i][j] = _mm256_setzero_ps();
+        }
+    }
+}
+
 /// Weight gradient of one channel summed over `n` images (planes `img·nch + c` of `x` and `dy`).
 /// Vector accumulators in f32 are flushed into f64 every few thousand terms per lane.
 ///
@@ -527,18 +567,9 @@ pub(super) unsafe fn backward_weight_channel<const K: usize, const S: usize>(
 ) {
     assert!(buf.len() >= fwd_scratch::<S>(d) && dw.len() >= K * K);
     let (ip, op) = (d.h * d.w, d.oh * d.ow);
-    const FLUSH: usize = 1 << 14;
     let mut acc = [[_mm256_setzero_ps(); K]; K];
     let mut sums = [[0f64; K]; K];
     let mut pending = 0;
-    let flush = |acc: &mut [[__m256; K]; K], sums: &mut [[f64; K]; K]| {
-        for i in 0..K {
-            for j in 0..K {
-                sums[i][j] += hsum(acc[i][j]);
-                acc[i][j] = _mm256_setzero_ps();
-            }
-        }
-    };
     for img in 0..n {
         let plane = img * nch + c;
         fill_fwd::<S>(&x[plane * ip..][..ip], d, buf);
@@ -571,4 +602,350 @@ pub(super) unsafe fn backward_weight_channel<const K: usize, const S: usize>(
             dw[i * K + j] = sums[i][j] as f32;
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small "same" stride-1 planes (2p = k − 1, narrow rows): vectorise over the flattened plane.
+//
+// With OW = W every tap is a constant shift of the flat index, `x[q + (i−p)·W + (j−p)]`, so 8
+// outputs cost k² loads and FMAs whatever the row width: a 4×4 plane is 2 vectors instead of 4
+// half-empty rows. The plane is copied once into a buffer with (p·W + p) zeros on either side,
+// which handles rows above and below; a column mask per (vector, j) zeroes taps that would wrap
+// into the neighbouring row. Masks depend only on the geometry, so they are built once per task.
+// ---------------------------------------------------------------------------------------------
+
+/// (margin, vectors per plane) of the flat layout.
+fn flat_geom(d: &Dims) -> (usize, usize) {
+    (d.p * d.w + d.p, (d.h * d.w).div_ceil(8))
+}
+
+/// Scratch: `[masks: V·K·8 | flag: 8 | margin | plane (8V) | margin | SLACK]`.
+pub(super) fn flat_scratch(d: &Dims) -> usize {
+    let (m, v) = flat_geom(d);
+    v * d.k * 8 + 8 + 2 * m + 8 * v + SLACK
+}
+
+/// Builds the column masks on first use in this scratch (flag slot still zero), copies the plane
+/// in, and returns (masks, plane start).
+#[target_feature(enable = "avx2,fma")]
+fn flat_prepare(src: &[f32], d: &Dims, buf: &mut [f32]) -> (*const f32, *const f32) {
+    let (m, nv) = flat_geom(d);
+    let (k, p, w, n) = (d.k, d.p as isize, d.w, d.h * d.w);
+    assert!(buf.len() >= flat_scratch(d) && src.len() >= n);
+    let (masks, rest) = buf.split_at_mut(nv * k * 8);
+    if rest[0] == 0.0 {
+        let mut col = 0;
+        for q in 0..8 * nv {
+            let (v, l) = (q / 8, q % 8);
+            for j in 0..k {
+                let c = col as isize + j as isize - p;
+                let ok = q < n && c >= 0 && c < w as isize;
+                masks[(v * k + j) * 8 + l] = f32::from_bits(if ok { u32::MAX } else { 0 });
+            }
+            col += 1;
+            if col == w {
+                col = 0;
+            }
+        }
+        rest[0] = 1.0;
+    }
+    let plane = &mut rest[8 + m..];
+    // SAFETY: n floats from `src`, into plane[..n] (the plane region holds 8V ≥ n).
+    unsafe { copy_row(src.as_ptr(), plane.as_mut_ptr(), n) };
+    (masks.as_ptr(), plane.as_ptr())
+}
+
+/// Forward (or, with rotated weights and no bias, the stride-1 input gradient: for "same"
+/// padding k−1−p = p) of one small plane.
+///
+/// # Safety
+/// Module contract, with `flat_scratch` and a "same" stride-1 geometry.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn flat_conv<const K: usize>(
+    src: &[f32],
+    w: &[f32],
+    rotate: bool,
+    bias: f32,
+    out: &mut [f32],
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    let n = d.h * d.w;
+    assert!(out.len() >= n && 2 * d.p + 1 == K && d.s == 1);
+    let (masks, plane) = flat_prepare(src, d, buf);
+    let wv = weights::<K>(w, rotate);
+    let bv = _mm256_set1_ps(bias);
+    let (p, wd) = (d.p as isize, d.w as isize);
+    let nv = n.div_ceil(8);
+    // SAFETY: tap loads read plane + 8v + (i−p)·W + (j−p) + [0, 8): at least plane − margin (the
+    // buffer start after the flag) and at most plane + 8V + margin + 7, inside the scratch. Masks
+    // are V·K vectors. Stores are full below n or masked.
+    unsafe {
+        for v in 0..nv {
+            let base = plane.add(8 * v);
+            let mut acc = bv;
+            for j in 0..K {
+                let mut part = _mm256_setzero_ps();
+                for i in 0..K {
+                    let off = (i as isize - p) * wd + j as isize - p;
+                    part = _mm256_fmadd_ps(_mm256_loadu_ps(base.offset(off)), wv[i][j], part);
+                }
+                let mask = _mm256_loadu_ps(masks.add((v * K + j) * 8));
+                acc = _mm256_add_ps(acc, _mm256_and_ps(part, mask));
+            }
+            let o = out.as_mut_ptr().add(8 * v);
+            if 8 * v + 8 <= n {
+                _mm256_storeu_ps(o, acc);
+            } else {
+                _mm256_maskstore_ps(o, tail_mask(n - 8 * v), acc);
+            }
+        }
+    }
+}
+
+/// # Safety
+/// See `flat_conv`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn forward_flat<const K: usize>(
+    x: &[f32],
+    w: &[f32],
+    bias: f32,
+    y: &mut [f32],
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { flat_conv::<K>(x, w, false, bias, y, d, buf) }
+}
+
+/// # Safety
+/// See `flat_conv`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn backward_input_flat<const K: usize>(
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [f32],
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    // SAFETY: forwarded contract.
+    unsafe { flat_conv::<K>(dy, w, true, 0.0, dx, d, buf) }
+}
+
+/// Weight-gradient accumulation over one small plane for tap rows `i0..i0+G`: dy is masked per
+/// column tap j (K ANDs per vector rather than K²), then `acc[i][j] += dy_j · x(i,j)`.
+///
+/// # Safety
+/// `flat_prepare` just ran on this plane; `dy[..h·w]` readable; AVX2+FMA.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn bw_flat_pass<const K: usize, const G: usize>(
+    acc: &mut [[__m256; K]],
+    masks: *const f32,
+    plane: *const f32,
+    dy: &[f32],
+    d: &Dims,
+    i0: usize,
+) {
+    let n = d.h * d.w;
+    let (p, wd) = (d.p as isize, d.w as isize);
+    let mut r: [[__m256; K]; G] = std::array::from_fn(|g| acc[i0 + g]);
+    // SAFETY: as in `flat_conv`; dy loads are full below n, else masked.
+    unsafe {
+        for v in 0..n.div_ceil(8) {
+            let dv = if 8 * v + 8 <= n {
+                _mm256_loadu_ps(dy.as_ptr().add(8 * v))
+            } else {
+                _mm256_maskload_ps(dy.as_ptr().add(8 * v), tail_mask(n - 8 * v))
+            };
+            let base = plane.add(8 * v);
+            for j in 0..K {
+                let dj = _mm256_and_ps(dv, _mm256_loadu_ps(masks.add((v * K + j) * 8)));
+                for g in 0..G {
+                    let off = ((i0 + g) as isize - p) * wd + j as isize - p;
+                    r[g][j] = _mm256_fmadd_ps(dj, _mm256_loadu_ps(base.offset(off)), r[g][j]);
+                }
+            }
+        }
+    }
+    acc[i0..i0 + G].copy_from_slice(&r);
+}
+
+/// Weight gradient of one channel for small "same" stride-1 planes.
+///
+/// # Safety
+/// See `flat_conv`.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn backward_weight_flat<const K: usize>(
+    x: &[f32],
+    dy: &[f32],
+    c: usize,
+    nch: usize,
+    n: usize,
+    d: &Dims,
+    dw: &mut [f32],
+    buf: &mut [f32],
+) {
+    let ip = d.h * d.w;
+    assert!(dw.len() >= K * K && 2 * d.p + 1 == K && d.s == 1);
+    let mut acc = [[_mm256_setzero_ps(); K]; K];
+    let mut sums = [[0f64; K]; K];
+    let mut pending = 0;
+    for img in 0..n {
+        let plane = img * nch + c;
+        let (masks, xp) = flat_prepare(&x[plane * ip..][..ip], d, buf);
+        let dyp = &dy[plane * ip..][..ip];
+        // SAFETY: plane just prepared, dy plane of the right size.
+        unsafe {
+            if K == 3 {
+                bw_flat_pass::<K, 3>(&mut acc, masks, xp, dyp, d, 0);
+            } else {
+                let mut i0 = 0;
+                while i0 + 2 <= K {
+                    bw_flat_pass::<K, 2>(&mut acc, masks, xp, dyp, d, i0);
+                    i0 += 2;
+                }
+                if i0 < K {
+                    bw_flat_pass::<K, 1>(&mut acc, masks, xp, dyp, d, i0);
+                }
+            }
+        }
+        pending += ip;
+        if pending >= FLUSH {
+            flush(&mut acc, &mut sums);
+            pending = 0;
+        }
+    }
+    flush(&mut acc, &mut sums);
+    for i in 0..K {
+        for j in 0..K {
+            dw[i * K + j] = sums[i][j] as f32;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points: each runs a contiguous run of planes (one rayon task), so the per-plane kernel
+// is inlined and per-plane overhead is a few instructions, which matters for 4×4 planes.
+// ---------------------------------------------------------------------------------------------
+
+/// Forward over a run of planes, the first being plane `first` of the tensor.
+///
+/// # Safety
+/// Module contract; `x`/`y` hold whole planes of the run.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn forward<const K: usize, const S: usize>(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    each_plane(x, y, first, chans, d, true, |xp, yp, c| {
+        let b = bias.map_or(0.0, |b| b[c]);
+        // SAFETY: forwarded contract.
+        unsafe { forward_plane::<K, S>(xp, &w[c * K * K..][..K * K], b, yp, d, buf) }
+    });
+}
+
+/// Forward over a run of small "same" stride-1 planes.
+///
+/// # Safety
+/// As [`forward`], with a geometry `flat_scratch` was sized for.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn forward_flat_run<const K: usize>(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    each_plane(x, y, first, chans, d, true, |xp, yp, c| {
+        let b = bias.map_or(0.0, |b| b[c]);
+        // SAFETY: forwarded contract.
+        unsafe { forward_flat::<K>(xp, &w[c * K * K..][..K * K], b, yp, d, buf) }
+    });
+}
+
+/// Stride-1 input gradient over a run of planes (`dy` planes in, `dx` planes out).
+///
+/// # Safety
+/// As [`forward`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn backward_input_s1_run<const K: usize>(
+    dy: &[f32],
+    w: &[f32],
+    _: Option<&[f32]>,
+    dx: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
+        // SAFETY: forwarded contract.
+        unsafe { backward_input_s1::<K>(gp, &w[c * K * K..][..K * K], xp, d, buf) }
+    });
+}
+
+/// Stride-2 input gradient over a run of planes.
+///
+/// # Safety
+/// As [`forward`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn backward_input_s2_run<
+    const K: usize,
+    const LE: usize,
+    const LO: usize,
+    const L0: usize,
+    const L1: usize,
+>(
+    dy: &[f32],
+    w: &[f32],
+    _: Option<&[f32]>,
+    dx: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
+        // SAFETY: forwarded contract.
+        unsafe { backward_input_s2::<K, LE, LO, L0, L1>(gp, &w[c * K * K..][..K * K], xp, d, buf) }
+    });
+}
+
+/// Input gradient over a run of small "same" stride-1 planes.
+///
+/// # Safety
+/// As [`forward_flat_run`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn backward_input_flat_run<const K: usize>(
+    dy: &[f32],
+    w: &[f32],
+    _: Option<&[f32]>,
+    dx: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
+        // SAFETY: forwarded contract.
+        unsafe { backward_input_flat::<K>(gp, &w[c * K * K..][..K * K], xp, d, buf) }
+    });
 }

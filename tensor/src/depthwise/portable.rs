@@ -9,7 +9,7 @@
 // iterator chains would hide that structure without changing the code generated.
 #![allow(clippy::needless_range_loop)]
 
-use super::Dims;
+use super::{Dims, each_plane};
 
 /// Lanes of the fused accumulation: 8 independent sums per row chunk.
 const L: usize = 8;
@@ -98,14 +98,7 @@ pub(super) fn fwd_scratch(d: &Dims) -> usize {
 }
 
 /// One (image, channel) plane of the forward pass.
-pub(super) fn forward_plane(
-    x: &[f32],
-    w: &[f32],
-    bias: f32,
-    y: &mut [f32],
-    d: &Dims,
-    buf: &mut [f32],
-) {
+fn forward_plane(x: &[f32], w: &[f32], bias: f32, y: &mut [f32], d: &Dims, buf: &mut [f32]) {
     let (rows, pitch) = fwd_buf(d);
     fill(x, d.h, d.w, buf, rows, pitch, d.p as isize, 1);
     for (oh, yr) in y.chunks_exact_mut(d.ow).enumerate() {
@@ -130,13 +123,7 @@ pub(super) fn bwd_input_scratch(d: &Dims) -> usize {
 
 /// One plane of the input gradient. For stride > 1 the zeros of the dilation are multiplied too:
 /// simple and general; the AVX2 path gathers per phase instead.
-pub(super) fn backward_input_plane(
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [f32],
-    d: &Dims,
-    buf: &mut [f32],
-) {
+fn backward_input_plane(dy: &[f32], w: &[f32], dx: &mut [f32], d: &Dims, buf: &mut [f32]) {
     let (rows, pitch, off) = bwd_buf(d);
     fill(dy, d.oh, d.ow, buf, rows, pitch, off, d.s);
     let k = d.k;
@@ -217,4 +204,41 @@ pub(super) fn backward_weight_channel(
     for (o, v) in dw.iter_mut().zip(sums) {
         *o = v as f32;
     }
+}
+
+/// Forward over a run of planes, the first being plane `first` of the tensor.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    let k2 = d.k * d.k;
+    each_plane(x, y, first, chans, d, true, |xp, yp, c| {
+        let b = bias.map_or(0.0, |b| b[c]);
+        forward_plane(xp, &w[c * k2..][..k2], b, yp, d, buf);
+    });
+}
+
+/// Input gradient over a run of planes (`dy` planes in, `dx` planes out).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_input(
+    dy: &[f32],
+    w: &[f32],
+    _: Option<&[f32]>,
+    dx: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    let k2 = d.k * d.k;
+    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
+        backward_input_plane(gp, &w[c * k2..][..k2], xp, d, buf);
+    });
 }
