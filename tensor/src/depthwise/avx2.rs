@@ -619,19 +619,27 @@ fn flat_geom(d: &Dims) -> (usize, usize) {
     (d.p * d.w + d.p, (d.h * d.w).div_ceil(8))
 }
 
-/// Scratch: `[masks: V·K·8 | flag: 8 | margin | plane (8V) | margin | SLACK]`.
-pub(super) fn flat_scratch(d: &Dims) -> usize {
+/// Floats of one plane slot: `[margin | plane (8V) | margin | SLACK]`.
+fn flat_slot(d: &Dims) -> usize {
     let (m, v) = flat_geom(d);
-    v * d.k * 8 + 8 + 2 * m + 8 * v + SLACK
+    2 * m + 8 * v + SLACK
 }
 
-/// Builds the column masks on first use in this scratch (flag slot still zero), copies the plane
-/// in, and returns (masks, plane start).
+/// Scratch: `[masks: V·K·8 | flag: 8 | slot 0 | slot 1]`. Two slots so the next plane is copied
+/// while the current one is computed: reading a just-copied tiny plane at shifted offsets would
+/// stall on store-to-load forwarding.
+pub(super) fn flat_scratch(d: &Dims) -> usize {
+    let (_, v) = flat_geom(d);
+    v * d.k * 8 + 8 + 2 * flat_slot(d)
+}
+
+/// Builds the column masks on first use in this scratch (flag slot still zero) and copies the
+/// plane `src` into slot `slot`.
 #[target_feature(enable = "avx2,fma")]
-fn flat_prepare(src: &[f32], d: &Dims, buf: &mut [f32]) -> (*const f32, *const f32) {
+fn flat_prepare(src: &[f32], d: &Dims, buf: &mut [f32], slot: usize) {
     let (m, nv) = flat_geom(d);
     let (k, p, w, n) = (d.k, d.p as isize, d.w, d.h * d.w);
-    assert!(buf.len() >= flat_scratch(d) && src.len() >= n);
+    assert!(buf.len() >= flat_scratch(d) && src.len() >= n && slot < 2);
     let (masks, rest) = buf.split_at_mut(nv * k * 8);
     if rest[0] == 0.0 {
         let mut col = 0;
@@ -649,30 +657,59 @@ fn flat_prepare(src: &[f32], d: &Dims, buf: &mut [f32]) -> (*const f32, *const f
         }
         rest[0] = 1.0;
     }
-    let plane = &mut rest[8 + m..];
+    let plane = &mut rest[8 + slot * flat_slot(d) + m..];
     // SAFETY: n floats from `src`, into plane[..n] (the plane region holds 8V ≥ n).
     unsafe { copy_row(src.as_ptr(), plane.as_mut_ptr(), n) };
-    (masks.as_ptr(), plane.as_ptr())
+}
+
+/// (masks, plane start of `slot`) in a flat scratch.
+fn flat_ptrs(d: &Dims, buf: &[f32], slot: usize) -> (*const f32, *const f32) {
+    let (m, nv) = flat_geom(d);
+    let masks = buf.as_ptr();
+    (
+        masks,
+        buf[nv * d.k * 8 + 8 + slot * flat_slot(d) + m..].as_ptr(),
+    )
+}
+
+/// Runs `compute(plane index, slot)` over `n` planes with `prepare(plane index, slot)` one plane
+/// ahead, alternating two slots (see `flat_scratch`).
+#[inline(always)]
+fn pipelined(
+    n: usize,
+    mut prepare: impl FnMut(usize, usize),
+    mut compute: impl FnMut(usize, usize),
+) {
+    if n == 0 {
+        return;
+    }
+    prepare(0, 0);
+    for i in 0..n {
+        if i + 1 < n {
+            prepare(i + 1, (i + 1) & 1);
+        }
+        compute(i, i & 1);
+    }
 }
 
 /// Forward (or, with rotated weights and no bias, the stride-1 input gradient: for "same"
-/// padding k−1−p = p) of one small plane.
+/// padding k−1−p = p) of one small plane already copied into a slot.
 ///
 /// # Safety
-/// Module contract, with `flat_scratch` and a "same" stride-1 geometry.
+/// `masks`/`plane` from `flat_ptrs` on a prepared slot of a `flat_scratch`-sized buffer; a
+/// "same" stride-1 geometry; AVX2+FMA.
 #[target_feature(enable = "avx2,fma")]
 unsafe fn flat_conv<const K: usize>(
-    src: &[f32],
+    masks: *const f32,
+    plane: *const f32,
     w: &[f32],
     rotate: bool,
     bias: f32,
     out: &mut [f32],
     d: &Dims,
-    buf: &mut [f32],
 ) {
     let n = d.h * d.w;
     assert!(out.len() >= n && 2 * d.p + 1 == K && d.s == 1);
-    let (masks, plane) = flat_prepare(src, d, buf);
     let wv = weights::<K>(w, rotate);
     let bv = _mm256_set1_ps(bias);
     let (p, wd) = (d.p as isize, d.w as isize);
@@ -701,37 +738,6 @@ unsafe fn flat_conv<const K: usize>(
             }
         }
     }
-}
-
-/// # Safety
-/// See `flat_conv`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn forward_flat<const K: usize>(
-    x: &[f32],
-    w: &[f32],
-    bias: f32,
-    y: &mut [f32],
-    d: &Dims,
-    buf: &mut [f32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { flat_conv::<K>(x, w, false, bias, y, d, buf) }
-}
-
-/// # Safety
-/// See `flat_conv`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn backward_input_flat<const K: usize>(
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [f32],
-    d: &Dims,
-    buf: &mut [f32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { flat_conv::<K>(dy, w, true, 0.0, dx, d, buf) }
 }
 
 /// Weight-gradient accumulation over one small plane for tap rows `i0..i0+G`: dy is masked per
@@ -794,31 +800,44 @@ pub(super) unsafe fn backward_weight_flat<const K: usize>(
     let mut acc = [[_mm256_setzero_ps(); K]; K];
     let mut sums = [[0f64; K]; K];
     let mut pending = 0;
-    for img in 0..n {
-        let plane = img * nch + c;
-        let (masks, xp) = flat_prepare(&x[plane * ip..][..ip], d, buf);
-        let dyp = &dy[plane * ip..][..ip];
-        // SAFETY: plane just prepared, dy plane of the right size.
-        unsafe {
-            if K == 3 {
-                bw_flat_pass::<K, 3>(&mut acc, masks, xp, dyp, d, 0);
-            } else {
-                let mut i0 = 0;
-                while i0 + 2 <= K {
-                    bw_flat_pass::<K, 2>(&mut acc, masks, xp, dyp, d, i0);
-                    i0 += 2;
-                }
-                if i0 < K {
-                    bw_flat_pass::<K, 1>(&mut acc, masks, xp, dyp, d, i0);
+    let buf_ptr: *mut [f32] = buf;
+    pipelined(
+        n,
+        // SAFETY (both closures): `buf_ptr` is `buf`, used by one closure at a time; `prepare`
+        // writes the slot `compute` will read next, never the one it is reading.
+        |img, slot| {
+            flat_prepare(
+                &x[(img * nch + c) * ip..][..ip],
+                d,
+                unsafe { &mut *buf_ptr },
+                slot,
+            )
+        },
+        |img, slot| {
+            let (masks, xp) = flat_ptrs(d, unsafe { &*buf_ptr }, slot);
+            let dyp = &dy[(img * nch + c) * ip..][..ip];
+            // SAFETY: slot prepared for this image, dy plane of the right size.
+            unsafe {
+                if K == 3 {
+                    bw_flat_pass::<K, 3>(&mut acc, masks, xp, dyp, d, 0);
+                } else {
+                    let mut i0 = 0;
+                    while i0 + 2 <= K {
+                        bw_flat_pass::<K, 2>(&mut acc, masks, xp, dyp, d, i0);
+                        i0 += 2;
+                    }
+                    if i0 < K {
+                        bw_flat_pass::<K, 1>(&mut acc, masks, xp, dyp, d, i0);
+                    }
                 }
             }
-        }
-        pending += ip;
-        if pending >= FLUSH {
-            flush(&mut acc, &mut sums);
-            pending = 0;
-        }
-    }
+            pending += ip;
+            if pending >= FLUSH {
+                flush(&mut acc, &mut sums);
+                pending = 0;
+            }
+        },
+    );
     flush(&mut acc, &mut sums);
     for i in 0..K {
         for j in 0..K {
@@ -871,11 +890,8 @@ pub(super) unsafe fn forward_flat_run<const K: usize>(
     d: &Dims,
     buf: &mut [f32],
 ) {
-    each_plane(x, y, first, chans, d, true, |xp, yp, c| {
-        let b = bias.map_or(0.0, |b| b[c]);
-        // SAFETY: forwarded contract.
-        unsafe { forward_flat::<K>(xp, &w[c * K * K..][..K * K], b, yp, d, buf) }
-    });
+    // SAFETY: forwarded contract.
+    unsafe { flat_run::<K>(x, w, bias, false, y, first, chans, d, buf) }
 }
 
 /// Stride-1 input gradient over a run of planes (`dy` planes in, `dx` planes out).
@@ -944,8 +960,51 @@ pub(super) unsafe fn backward_input_flat_run<const K: usize>(
     d: &Dims,
     buf: &mut [f32],
 ) {
-    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
-        // SAFETY: forwarded contract.
-        unsafe { backward_input_flat::<K>(gp, &w[c * K * K..][..K * K], xp, d, buf) }
-    });
+    // SAFETY: forwarded contract.
+    unsafe { flat_run::<K>(dy, w, None, true, dx, first, chans, d, buf) }
+}
+
+/// Shared body of the flat runs (same plane size in and out), pipelined over two slots.
+///
+/// # Safety
+/// As [`forward_flat_run`].
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn flat_run<const K: usize>(
+    src: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    rotate: bool,
+    dst: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    let np = d.h * d.w;
+    let n = dst.len() / np;
+    assert!(src.len() >= n * np);
+    let buf_ptr: *mut [f32] = buf;
+    pipelined(
+        n,
+        // SAFETY (both closures): as in `backward_weight_flat`.
+        |i, slot| flat_prepare(&src[i * np..][..np], d, unsafe { &mut *buf_ptr }, slot),
+        |i, slot| {
+            let c = (first + i) % chans;
+            let (masks, plane) = flat_ptrs(d, unsafe { &*buf_ptr }, slot);
+            let b = bias.map_or(0.0, |b| b[c]);
+            // SAFETY: slot prepared for plane i; output plane of np floats.
+            unsafe {
+                flat_conv::<K>(
+                    masks,
+                    plane,
+                    &w[c * K * K..][..K * K],
+                    rotate,
+                    b,
+                    &mut dst[i * np..][..np],
+                    d,
+                )
+            }
+        },
+    );
 }
