@@ -1,0 +1,244 @@
+//! Portable plane kernels: any k, stride and padding, plain loops written so LLVM vectorises them
+//! for whatever the target baseline is (SSE2 on x86-64).
+//!
+//! Every kernel first copies its plane into a zero-padded scratch buffer, so the inner loops have
+//! no border cases at all; the buffer is zeroed once per task and only its valid region is ever
+//! rewritten (the same region for every plane of a call), so the padding stays zero.
+
+// Tap loops index several arrays (weights, row pointers, accumulators) by the same (i, j);
+// iterator chains would hide that structure without changing the code generated.
+#![allow(clippy::needless_range_loop)]
+
+use super::{Dims, each_plane};
+
+/// Lanes of the fused accumulation: 8 independent sums per row chunk.
+const L: usize = 8;
+
+/// Scratch floats the portable kernels need: the padded plane plus room for the last chunk's
+/// over-read (`L` lanes at stride `s`).
+pub(super) fn scratch_len(rows: usize, pitch: usize, s: usize) -> usize {
+    rows * pitch + L * s + L
+}
+
+/// Copies the `sh×sw` plane `src` into `buf` (row pitch `pitch`, `rows` rows) so that
+/// `buf[r·dil + off][c·dil + off] = src[r][c]`; parts that land outside the buffer are dropped
+/// (negative `off` crops). Everything else in `buf` is left as is (zero).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn fill(
+    src: &[f32],
+    sh: usize,
+    sw: usize,
+    buf: &mut [f32],
+    rows: usize,
+    pitch: usize,
+    off: isize,
+    dil: usize,
+) {
+    for r in 0..sh {
+        let u = (r * dil) as isize + off;
+        if u < 0 || u >= rows as isize {
+            continue;
+        }
+        let srow = &src[r * sw..][..sw];
+        let drow = &mut buf[u as usize * pitch..][..pitch];
+        if dil == 1 {
+            let c0 = (-off).max(0) as usize;
+            let c1 = (pitch as isize - off).min(sw as isize);
+            if c1 > c0 as isize {
+                let c1 = c1 as usize;
+                let d0 = (c0 as isize + off) as usize;
+                drow[d0..d0 + (c1 - c0)].copy_from_slice(&srow[c0..c1]);
+            }
+        } else {
+            for (c, &v) in srow.iter().enumerate() {
+                let t = (c * dil) as isize + off;
+                if t >= 0 && t < pitch as isize {
+                    drow[t as usize] = v;
+                }
+            }
+        }
+    }
+}
+
+/// out[q] = bias + Σ_{i,j} w[i,j] · rows[i·pitch + q·s + j]: one fused pass per output row,
+/// `L` outputs at a time so the tap loop stays outside the vectorised lane loop.
+fn corr_row(rows: &[f32], pitch: usize, w: &[f32], k: usize, s: usize, bias: f32, out: &mut [f32]) {
+    for (qc, chunk) in out.chunks_mut(L).enumerate() {
+        let q = qc * L;
+        let mut acc = [bias; L];
+        for i in 0..k {
+            for j in 0..k {
+                let wt = w[i * k + j];
+                let base = i * pitch + q * s + j;
+                if s == 1 {
+                    let src = &rows[base..base + L];
+                    for l in 0..L {
+                        acc[l] += wt * src[l];
+                    }
+                } else {
+                    let src = &rows[base..base + (L - 1) * s + 1];
+                    for l in 0..L {
+                        acc[l] += wt * src[l * s];
+                    }
+                }
+            }
+        }
+        chunk.copy_from_slice(&acc[..chunk.len()]);
+    }
+}
+
+/// Padded-buffer geometry of the forward pass (also the input side of the weight gradient).
+pub(super) fn fwd_buf(d: &Dims) -> (usize, usize) {
+    ((d.oh - 1) * d.s + d.k, (d.ow - 1) * d.s + d.k)
+}
+
+pub(super) fn fwd_scratch(d: &Dims) -> usize {
+    let (rows, pitch) = fwd_buf(d);
+    scratch_len(rows, pitch, d.s)
+}
+
+/// One (image, channel) plane of the forward pass.
+fn forward_plane(x: &[f32], w: &[f32], bias: f32, y: &mut [f32], d: &Dims, buf: &mut [f32]) {
+    let (rows, pitch) = fwd_buf(d);
+    fill(x, d.h, d.w, buf, rows, pitch, d.p as isize, 1);
+    for (oh, yr) in y.chunks_exact_mut(d.ow).enumerate() {
+        corr_row(&buf[oh * d.s * pitch..], pitch, w, d.k, d.s, bias, yr);
+    }
+}
+
+/// Buffer of the input gradient: dy dilated by the stride and padded by k−1−p (negative: cropped),
+/// so dx is its stride-1 correlation with the 180°-rotated kernel.
+fn bwd_buf(d: &Dims) -> (usize, usize, isize) {
+    (
+        d.h + d.k - 1,
+        d.w + d.k - 1,
+        d.k as isize - 1 - d.p as isize,
+    )
+}
+
+pub(super) fn bwd_input_scratch(d: &Dims) -> usize {
+    let (rows, pitch, _) = bwd_buf(d);
+    scratch_len(rows, pitch, 1)
+}
+
+/// One plane of the input gradient. For stride > 1 the zeros of the dilation are multiplied too:
+/// simple and general; the AVX2 path gathers per phase instead.
+fn backward_input_plane(dy: &[f32], w: &[f32], dx: &mut [f32], d: &Dims, buf: &mut [f32]) {
+    let (rows, pitch, off) = bwd_buf(d);
+    fill(dy, d.oh, d.ow, buf, rows, pitch, off, d.s);
+    let k = d.k;
+    let mut wr = [0f32; 49];
+    let wr: &mut [f32] = if k * k <= wr.len() {
+        &mut wr[..k * k]
+    } else {
+        &mut vec![0f32; k * k]
+    };
+    for (t, v) in wr.iter_mut().enumerate() {
+        *v = w[k * k - 1 - t];
+    }
+    for (a, xr) in dx.chunks_exact_mut(d.w).enumerate() {
+        corr_row(&buf[a * pitch..], pitch, wr, k, 1, 0.0, xr);
+    }
+}
+
+/// Weight gradient of one channel, summed over the `n` images: `x` and `dy` are the whole
+/// tensors, the channel's planes are `(img·nch + c)`.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_weight_channel(
+    x: &[f32],
+    dy: &[f32],
+    c: usize,
+    nch: usize,
+    n: usize,
+    d: &Dims,
+    dw: &mut [f32],
+    buf: &mut [f32],
+) {
+    let (rows, pitch) = fwd_buf(d);
+    let (k, s) = (d.k, d.s);
+    let (ip, op) = (d.h * d.w, d.oh * d.ow);
+    // f64 lanes: f32 products are exact in f64, so the only rounding is the final sum's. The
+    // portable path is the fallback, and cancellation in a few-term weight gradient would
+    // otherwise show up as a large relative error.
+    let mut sums = vec![[0f64; L]; k * k];
+    for img in 0..n {
+        let plane = img * nch + c;
+        fill(
+            &x[plane * ip..][..ip],
+            d.h,
+            d.w,
+            buf,
+            rows,
+            pitch,
+            d.p as isize,
+            1,
+        );
+        let dyp = &dy[plane * op..][..op];
+        for i in 0..k {
+            for j in 0..k {
+                let acc = &mut sums[i * k + j];
+                for (oh, dr) in dyp.chunks_exact(d.ow).enumerate() {
+                    let xr = &buf[(oh * s + i) * pitch + j..];
+                    if s == 1 {
+                        let xr = &xr[..d.ow];
+                        let mut dc = dr.chunks_exact(L);
+                        let mut xc = xr.chunks_exact(L);
+                        for (dv, xv) in (&mut dc).zip(&mut xc) {
+                            for l in 0..L {
+                                acc[l] += dv[l] as f64 * xv[l] as f64;
+                            }
+                        }
+                        for (l, (dv, xv)) in dc.remainder().iter().zip(xc.remainder()).enumerate() {
+                            acc[l] += *dv as f64 * *xv as f64;
+                        }
+                    } else {
+                        for (q, dv) in dr.iter().enumerate() {
+                            acc[q % L] += *dv as f64 * xr[q * s] as f64;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let sums = sums.iter().map(|a| a.iter().sum::<f64>());
+    for (o, v) in dw.iter_mut().zip(sums) {
+        *o = v as f32;
+    }
+}
+
+/// Forward over a run of planes, the first being plane `first` of the tensor.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    y: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    let k2 = d.k * d.k;
+    each_plane(x, y, first, chans, d, true, |xp, yp, c| {
+        let b = bias.map_or(0.0, |b| b[c]);
+        forward_plane(xp, &w[c * k2..][..k2], b, yp, d, buf);
+    });
+}
+
+/// Input gradient over a run of planes (`dy` planes in, `dx` planes out).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_input(
+    dy: &[f32],
+    w: &[f32],
+    _: Option<&[f32]>,
+    dx: &mut [f32],
+    first: usize,
+    chans: usize,
+    d: &Dims,
+    buf: &mut [f32],
+) {
+    let k2 = d.k * d.k;
+    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
+        backward_input_plane(gp, &w[c * k2..][..k2], xp, d, buf);
+    });
+}
