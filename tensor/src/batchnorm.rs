@@ -134,11 +134,16 @@ pub fn forward_train(
     }
 
     // Per plane: its mean and Σ(x − plane mean)²; the second pass reads the plane from cache.
+    // The deviations use the f32-rounded mean m32; Σ(x − m32)² = M2 + hw·(m − m32)² exactly,
+    // so that term is taken back out.
     let xd = x.data();
     let parts = per_plane(n * c, hw, |p| {
         let plane = &xd[p * hw..(p + 1) * hw];
         let m = lane_sum(plane, |v| v) / hw as f64;
-        (m, lane_sum(plane, |v| (v - m) * (v - m)))
+        let m32 = m as f32;
+        let shift = m - m32 as f64;
+        let m2 = lane_sum(plane, |v| (v - m32) * (v - m32)) - hw as f64 * shift * shift;
+        (m, m2.max(0.0))
     });
     // Planes are equally sized, so the channel mean is the mean of plane means and
     // M2 = Σ within-plane M2 + hw · Σ (plane mean − channel mean)².
@@ -211,9 +216,9 @@ pub fn backward_train(
     let (dyd, xd) = (dy.data(), x.data());
     let mean = stats.mean.data();
     let parts = per_plane(n * c, hw, |p| {
-        let r = p * hw..(p + 1) * hw;
-        let m = mean[p % c] as f64;
+        let (r, m) = (p * hw..(p + 1) * hw, mean[p % c]);
         let g = &dyd[r.clone()];
+        // Two passes over the plane; the second reads dy from cache.
         (
             lane_sum(g, |v| v),
             lane_sum2(g, &xd[r], |gv, xv| gv * (xv - m)),

@@ -349,11 +349,20 @@ pub fn lerp_backward(a: &Tensor, b: &Tensor, t: f32, dy: &Tensor) -> Result<(Ten
     a.expect_same_shape("lerp_backward", b)?;
     a.expect_same_shape("lerp_backward", dy)?;
     let (g, ad, bd) = (dy.data(), a.data(), b.data());
-    // Σ dy·b − Σ dy·a per chunk: f64 products of f32 values are exact, so nothing cancels badly,
-    // and the second pass over the dy chunk hits cache.
+    // Σ dy·(b − a), with b − a formed per element (summing dy·b and dy·a separately would
+    // cancel badly where the gate's two inputs agree) into a small stack buffer.
     let dt = par_sum(g.len(), |r| {
-        let gr = &g[r.clone()];
-        lane_sum2(gr, &bd[r.clone()], |u, v| u * v) - lane_sum2(gr, &ad[r], |u, v| u * v)
+        let mut diff = [0f32; 256];
+        let runs = g[r.clone()].chunks(256).zip(ad[r.clone()].chunks(256));
+        runs.zip(bd[r].chunks(256))
+            .map(|((gs, xs), ys)| {
+                let d = &mut diff[..gs.len()];
+                for ((d, &x), &y) in d.iter_mut().zip(xs).zip(ys) {
+                    *d = y - x;
+                }
+                lane_sum2(gs, d, |u, v| u * v)
+            })
+            .sum()
     });
     Ok((scale(dy, 1.0 - t), scale(dy, t), dt as f32))
 }
