@@ -2,9 +2,10 @@
 //! the batch rows of N×F (linear-layer bias gradients), the per-channel sum over N, H, W of
 //! N×C×H×W (conv bias gradients), and the row argmax (accuracy).
 //!
-//! Sums accumulate in f64 in 8 independent lanes (a single accumulator is a serial add chain that
-//! cannot vectorise), per chunk of [`CHUNK`] elements in parallel; chunk sums are then added in a
-//! fixed order, so results do not depend on how rayon scheduled the chunks.
+//! Sums run in 16 independent f32 lanes (a single accumulator is a serial add chain that cannot
+//! vectorise) flushed into f64 every 512 elements, per chunk of [`CHUNK`] elements in parallel;
+//! chunk sums are then added in a fixed order, so results do not depend on how rayon scheduled
+//! the chunks.
 
 use std::ops::Range;
 
