@@ -1,1 +1,549 @@
-//! (Implementation: issue 2.)
+//! Batch normalisation over N×C×H×W (or N×C) with per-channel statistics, PyTorch semantics:
+//! training normalises with the biased batch variance and folds the unbiased one into the running
+//! variance; eval normalises with the running statistics.
+//!
+//! Statistics are computed per H×W plane (two passes over a plane that sits in L1/L2, so x is
+//! read from memory once) and merged per channel in f64 with the exact between/within-plane
+//! decomposition — numerically stable even when |mean| ≫ std. All passes are parallel over planes.
+
+use crate::elementwise::{build, write1, write2};
+use crate::reduce::{channel_dims, fold_channels, lane_sum, lane_sum2, per_plane};
+use crate::{Result, Tensor, TensorError};
+
+/// `eps` inside the square root and the running-statistics `momentum`
+/// (`running = (1 − momentum)·running + momentum·batch`). Defaults are PyTorch's: 1e-5 and 0.1.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BnOptions {
+    pub eps: f32,
+    pub momentum: f32,
+}
+
+impl Default for BnOptions {
+    fn default() -> Self {
+        BnOptions {
+            eps: 1e-5,
+            momentum: 0.1,
+        }
+    }
+}
+
+/// What [`backward_train`] needs from [`forward_train`]: the batch mean and
+/// `1/sqrt(biased_var + eps)` per channel, both `[C]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchStats {
+    pub mean: Tensor,
+    pub inv_std: Tensor,
+}
+
+/// Gradients of a training-mode batch norm: `dx` shaped like x, `dgamma` and `dbeta` `[C]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BnGrads {
+    pub dx: Tensor,
+    pub dgamma: Tensor,
+    pub dbeta: Tensor,
+}
+
+/// Errors unless `t` is a `[c]` vector.
+fn check_vector(op: &'static str, name: &str, t: &Tensor, c: usize) -> Result<()> {
+    if t.shape() == [c] {
+        Ok(())
+    } else {
+        Err(TensorError::shape(
+            op,
+            format!("{name} must be [{c}], got {:?}", t.shape()),
+        ))
+    }
+}
+
+fn check_eps(op: &'static str, eps: f32) -> Result<()> {
+    if eps >= 0.0 && eps.is_finite() {
+        Ok(())
+    } else {
+        Err(TensorError::argument(
+            op,
+            format!("eps must be finite and ≥ 0, got {eps}"),
+        ))
+    }
+}
+
+/// `y = (x − center[c])·scale[c] + shift[c]` over planes of `hw` elements (channel = plane mod C).
+/// Subtracting the centre before scaling keeps precision when |mean| ≫ std.
+fn normalize(x: &[f32], hw: usize, center: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+    let c = scale.len();
+    build(x.len(), hw, |p0, out| {
+        let xs = &x[p0 * hw..p0 * hw + out.len()];
+        for (i, (o, xp)) in out.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
+            let ch = (p0 + i) % c;
+            let (m, s, b) = (center[ch], scale[ch], shift[ch]);
+            write1(o, xp, |v| (v - m) * s + b);
+        }
+    })
+}
+
+/// `γ / sqrt(var + eps)` per channel, in f64.
+fn gamma_inv_std(gamma: &[f32], var: &[f32], eps: f32) -> Vec<f64> {
+    gamma
+        .iter()
+        .zip(var)
+        .map(|(&g, &v)| g as f64 / (v as f64 + eps as f64).sqrt())
+        .collect()
+}
+
+fn to_f32(v: &[f64]) -> Vec<f32> {
+    v.iter().map(|&x| x as f32).collect()
+}
+
+/// Training forward: normalises with the batch statistics, returns the output and the
+/// [`BatchStats`] for [`backward_train`], and updates `running_mean` / `running_var` in place
+/// (the latter with the unbiased variance `n/(n−1)·var`, as PyTorch does). Nothing is modified
+/// when an error is returned. Like PyTorch, refuses a channel with a single value (N·H·W = 1).
+pub fn forward_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &mut Tensor,
+    running_var: &mut Tensor,
+    opts: BnOptions,
+) -> Result<(Tensor, BatchStats)> {
+    const OP: &str = "batchnorm::forward_train";
+    let [n, c, hw] = channel_dims(OP, x)?;
+    for (name, t) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", &*running_mean),
+        ("running_var", &*running_var),
+    ] {
+        check_vector(OP, name, t, c)?;
+    }
+    check_eps(OP, opts.eps)?;
+    if !(0.0..=1.0).contains(&opts.momentum) {
+        return Err(TensorError::argument(
+            OP,
+            format!("momentum must be in [0, 1], got {}", opts.momentum),
+        ));
+    }
+    let count = n * hw;
+    if count < 2 {
+        return Err(TensorError::argument(
+            OP,
+            format!(
+                "training needs more than one value per channel, got input {:?}",
+                x.shape()
+            ),
+        ));
+    }
+
+    // Per plane: its mean and Σ(x − plane mean)²; the second pass reads the plane from cache.
+    // The deviations use the f32-rounded mean m32; Σ(x − m32)² = M2 + hw·(m − m32)² exactly,
+    // so that term is taken back out.
+    let xd = x.data();
+    let parts = per_plane(n * c, hw, |p| {
+        let plane = &xd[p * hw..(p + 1) * hw];
+        let m = lane_sum(plane, |v| v) / hw as f64;
+        let m32 = m as f32;
+        let shift = m - m32 as f64;
+        let m2 = lane_sum(plane, |v| (v - m32) * (v - m32)) - hw as f64 * shift * shift;
+        (m, m2.max(0.0))
+    });
+    // Planes are equally sized, so the channel mean is the mean of plane means and
+    // M2 = Σ within-plane M2 + hw · Σ (plane mean − channel mean)².
+    let plane_means: Vec<f64> = parts.iter().map(|&(m, _)| m).collect();
+    let mean: Vec<f64> = fold_channels(&plane_means, c, 0.0, |a, b| a + b)
+        .iter()
+        .map(|s| s / n as f64)
+        .collect();
+    let mut m2 = vec![0f64; c];
+    for row in parts.chunks(c) {
+        for ((acc, &(pm, pm2)), &cm) in m2.iter_mut().zip(row).zip(&mean) {
+            *acc += pm2 + hw as f64 * (pm - cm) * (pm - cm);
+        }
+    }
+
+    let inv_std: Vec<f64> = m2
+        .iter()
+        .map(|&s| 1.0 / (s / count as f64 + opts.eps as f64).sqrt())
+        .collect();
+    let m = opts.momentum as f64;
+    for (((rm, rv), &mu), &s) in running_mean
+        .data_mut()
+        .iter_mut()
+        .zip(running_var.data_mut().iter_mut())
+        .zip(&mean)
+        .zip(&m2)
+    {
+        *rm = ((1.0 - m) * *rm as f64 + m * mu) as f32;
+        *rv = ((1.0 - m) * *rv as f64 + m * s / (count - 1) as f64) as f32;
+    }
+
+    let mean = to_f32(&mean);
+    let scale: Vec<f32> = gamma
+        .data()
+        .iter()
+        .zip(&inv_std)
+        .map(|(&g, &is)| (g as f64 * is) as f32)
+        .collect();
+    let y = normalize(xd, hw, &mean, &scale, beta.data());
+    let stats = BatchStats {
+        mean: Tensor::from_vec(&[c], mean)?,
+        inv_std: Tensor::from_vec(&[c], to_f32(&inv_std))?,
+    };
+    Ok((Tensor::from_vec(x.shape(), y)?, stats))
+}
+
+/// Training backward through the batch statistics:
+/// `dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`, with
+/// `x̂ = (x − mean)·inv_std` from [`BatchStats`]. One pass for the per-channel sums, one for `dx`.
+pub fn backward_train(
+    dy: &Tensor,
+    x: &Tensor,
+    gamma: &Tensor,
+    stats: &BatchStats,
+) -> Result<BnGrads> {
+    const OP: &str = "batchnorm::backward_train";
+    let [n, c, hw] = channel_dims(OP, x)?;
+    x.expect_same_shape(OP, dy)?;
+    check_vector(OP, "gamma", gamma, c)?;
+    check_vector(OP, "stats.mean", &stats.mean, c)?;
+    check_vector(OP, "stats.inv_std", &stats.inv_std, c)?;
+    let count = n * hw;
+    if count == 0 {
+        return Err(TensorError::shape(
+            OP,
+            format!("empty input {:?}", x.shape()),
+        ));
+    }
+
+    let (dyd, xd) = (dy.data(), x.data());
+    let mean = stats.mean.data();
+    let parts = per_plane(n * c, hw, |p| {
+        let (r, m) = (p * hw..(p + 1) * hw, mean[p % c]);
+        let g = &dyd[r.clone()];
+        // Two passes over the plane; the second reads dy from cache.
+        (
+            lane_sum(g, |v| v),
+            lane_sum2(g, &xd[r], |gv, xv| gv * (xv - m)),
+        )
+    });
+    let sums = fold_channels(&parts, c, (0.0, 0.0), |(a, b), (u, v)| (a + u, b + v));
+
+    // dx = dy·k1 + (x − mean)·k2 + k3 per channel.
+    let inv_m = 1.0 / count as f64;
+    let mut k = vec![[0f32; 3]; c];
+    let mut dgamma = vec![0f32; c];
+    let mut dbeta = vec![0f32; c];
+    for ch in 0..c {
+        let (sdy, sdxm) = sums[ch];
+        let (g, is) = (gamma.data()[ch] as f64, stats.inv_std.data()[ch] as f64);
+        let dg = sdxm * is;
+        dgamma[ch] = dg as f32;
+        dbeta[ch] = sdy as f32;
+        k[ch] = [
+            (g * is) as f32,
+            (-g * is * is * dg * inv_m) as f32,
+            (-g * is * sdy * inv_m) as f32,
+        ];
+    }
+    let dx = build(xd.len(), hw, |p0, out| {
+        let r = p0 * hw..p0 * hw + out.len();
+        let planes = out.chunks_mut(hw).zip(dyd[r.clone()].chunks(hw));
+        for (i, ((o, g), xp)) in planes.zip(xd[r].chunks(hw)).enumerate() {
+            let ch = (p0 + i) % c;
+            let ([k1, k2, k3], m) = (k[ch], mean[ch]);
+            write2(o, g, xp, |gv, xv| gv * k1 + (xv - m) * k2 + k3);
+        }
+    });
+    Ok(BnGrads {
+        dx: Tensor::from_vec(x.shape(), dx)?,
+        dgamma: Tensor::from_vec(&[c], dgamma)?,
+        dbeta: Tensor::from_vec(&[c], dbeta)?,
+    })
+}
+
+/// Eval forward: `y = (x − running_mean)·γ/sqrt(running_var + eps) + β`.
+pub fn forward_eval(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    const OP: &str = "batchnorm::forward_eval";
+    let [_, c, hw] = channel_dims(OP, x)?;
+    for (name, t) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        check_vector(OP, name, t, c)?;
+    }
+    check_eps(OP, eps)?;
+    let scale = to_f32(&gamma_inv_std(gamma.data(), running_var.data(), eps));
+    let y = normalize(x.data(), hw, running_mean.data(), &scale, beta.data());
+    Tensor::from_vec(x.shape(), y)
+}
+
+/// Eval (frozen) backward for the input: the statistics are constants, so
+/// `dx = dy·γ/sqrt(running_var + eps)`.
+pub fn backward_eval(
+    dy: &Tensor,
+    gamma: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    const OP: &str = "batchnorm::backward_eval";
+    let [_, c, hw] = channel_dims(OP, dy)?;
+    check_vector(OP, "gamma", gamma, c)?;
+    check_vector(OP, "running_var", running_var, c)?;
+    check_eps(OP, eps)?;
+    let scale = to_f32(&gamma_inv_std(gamma.data(), running_var.data(), eps));
+    let zeros = vec![0.0; c];
+    Tensor::from_vec(dy.shape(), normalize(dy.data(), hw, &zeros, &scale, &zeros))
+}
+
+/// Eval batch norm as a per-channel affine `(scale, shift)`, `scale = γ/sqrt(var + eps)`,
+/// `shift = β − mean·scale`, for [`channel_affine`] or for folding into the preceding conv.
+pub fn fold_to_affine(
+    gamma: &Tensor,
+    beta: &Tensor,
+    running_mean: &Tensor,
+    running_var: &Tensor,
+    eps: f32,
+) -> Result<(Tensor, Tensor)> {
+    const OP: &str = "batchnorm::fold_to_affine";
+    let c = gamma.numel();
+    for (name, t) in [
+        ("gamma", gamma),
+        ("beta", beta),
+        ("running_mean", running_mean),
+        ("running_var", running_var),
+    ] {
+        check_vector(OP, name, t, c)?;
+    }
+    check_eps(OP, eps)?;
+    let scale = gamma_inv_std(gamma.data(), running_var.data(), eps);
+    let shift: Vec<f64> = beta
+        .data()
+        .iter()
+        .zip(running_mean.data())
+        .zip(&scale)
+        .map(|((&b, &m), &s)| b as f64 - m as f64 * s)
+        .collect();
+    Ok((
+        Tensor::from_vec(&[c], to_f32(&scale))?,
+        Tensor::from_vec(&[c], to_f32(&shift))?,
+    ))
+}
+
+/// `y = x·scale[c] + shift[c]` over N×C×H×W (or N×C), `scale`/`shift` `[C]`: a folded eval BN in
+/// one pass.
+pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tensor> {
+    const OP: &str = "batchnorm::channel_affine";
+    let [_, c, hw] = channel_dims(OP, x)?;
+    check_vector(OP, "scale", scale, c)?;
+    check_vector(OP, "shift", shift, c)?;
+    let zeros = vec![0.0; c];
+    let y = normalize(x.data(), hw, &zeros, scale.data(), shift.data());
+    Tensor::from_vec(x.shape(), y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::assert_close;
+
+    fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
+        Tensor::from_vec(shape, v).unwrap()
+    }
+
+    /// Two channels by hand: channel 0 holds {1, 3, 5, 7} (mean 4, biased var 5, unbiased 20/3),
+    /// channel 1 is constant 2 (var 0, so y = β exactly).
+    #[test]
+    fn two_channels_by_hand() {
+        let x = t(&[2, 2, 1, 2], vec![1.0, 3.0, 2.0, 2.0, 5.0, 7.0, 2.0, 2.0]);
+        let (gamma, beta) = (t(&[2], vec![2.0, 1.0]), t(&[2], vec![0.5, -1.0]));
+        let mut rm = Tensor::zeros(&[2]);
+        let mut rv = Tensor::full(&[2], 1.0);
+        let (y, stats) =
+            forward_train(&x, &gamma, &beta, &mut rm, &mut rv, BnOptions::default()).unwrap();
+        let s = 2.0 / (5.0f64 + 1e-5).sqrt();
+        let y0 = |v: f64| ((v - 4.0) * s + 0.5) as f32;
+        let expected = [y0(1.0), y0(3.0), -1.0, -1.0, y0(5.0), y0(7.0), -1.0, -1.0];
+        assert_close(y.data(), &expected, 1e-6, "y");
+        assert_eq!(stats.mean.data(), &[4.0, 2.0]);
+        assert_close(
+            stats.inv_std.data(),
+            &[
+                (1.0 / (5.0f64 + 1e-5).sqrt()) as f32,
+                (1e-5f64).powf(-0.5) as f32,
+            ],
+            1e-6,
+            "inv_std",
+        );
+        // running = 0.9·running + 0.1·batch, with the unbiased variance.
+        assert_close(rm.data(), &[0.4, 0.2], 1e-7, "running_mean");
+        assert_close(
+            rv.data(),
+            &[0.9 + 0.1 * 20.0 / 3.0, 0.9],
+            1e-7,
+            "running_var",
+        );
+
+        // A second step moves the running stats by momentum again.
+        let opts = BnOptions {
+            momentum: 0.5,
+            ..Default::default()
+        };
+        forward_train(&x, &gamma, &beta, &mut rm, &mut rv, opts).unwrap();
+        assert_close(rm.data(), &[2.2, 1.1], 1e-7, "running_mean after 2 steps");
+
+        // dy = 1 everywhere: dβ = count, dγ = Σ x̂ = 0, dx = 0 (a constant shift is normalised away).
+        let g = backward_train(&Tensor::full(&[2, 2, 1, 2], 1.0), &x, &gamma, &stats).unwrap();
+        assert_eq!(g.dbeta.data(), &[4.0, 4.0]);
+        assert!(g.dgamma.data().iter().all(|v| v.abs() < 1e-6));
+        assert!(g.dx.data().iter().all(|v| v.abs() < 1e-6));
+    }
+
+    /// Against PyTorch 2.15 CPU (float32): the constants below are pasted from this script.
+    /// ```python
+    /// import numpy as np, torch
+    /// i = torch.arange(24.)
+    /// x = ((i * 7) % 11 / 3 - 1.5).reshape(2, 3, 2, 2).requires_grad_()
+    /// dy = ((i * 5) % 13 / 6 - 1).reshape(2, 3, 2, 2)
+    /// bn = torch.nn.BatchNorm2d(3)  # eps 1e-5, momentum 0.1
+    /// with torch.no_grad():
+    ///     bn.weight.copy_(torch.tensor([1.5, -0.5, 2.0])); bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
+    /// y = bn(x); y.backward(dy)
+    /// for t in (y, x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var):
+    ///     print([np.float32(v) for v in t.flatten().tolist()])  # shortest f32 digits
+    /// ```
+    #[test]
+    fn matches_pytorch() {
+        let x: Vec<f32> = (0..24).map(|i| ((i * 7) % 11) as f32 / 3.0 - 1.5).collect();
+        let dy: Vec<f32> = (0..24).map(|i| ((i * 5) % 13) as f32 / 6.0 - 1.0).collect();
+        let x = t(&[2, 3, 2, 2], x);
+        let dy = t(&[2, 3, 2, 2], dy);
+        let gamma = t(&[3], vec![1.5, -0.5, 2.0]);
+        let beta = t(&[3], vec![0.1, 0.2, -0.3]);
+        let mut rm = Tensor::zeros(&[3]);
+        let mut rv = Tensor::full(&[3], 1.0);
+        let (y, stats) =
+            forward_train(&x, &gamma, &beta, &mut rm, &mut rv, BnOptions::default()).unwrap();
+        let g = backward_train(&dy, &x, &gamma, &stats).unwrap();
+        assert_close(y.data(), &TORCH_Y, 1e-6, "y");
+        assert_close(g.dx.data(), &TORCH_DX, 1e-5, "dx");
+        assert_close(g.dgamma.data(), &TORCH_DGAMMA, 1e-6, "dgamma");
+        assert_close(g.dbeta.data(), &TORCH_DBETA, 1e-6, "dbeta");
+        assert_close(rm.data(), &TORCH_RM, 1e-6, "running_mean");
+        assert_close(rv.data(), &TORCH_RV, 1e-6, "running_var");
+    }
+
+    // Printed by the script on `matches_pytorch`; dβ[2] is PyTorch's float32 rounding noise
+    // around 0.
+    const TORCH_Y: [f32; 24] = [
+        -2.507944,
+        0.6669443,
+        -1.1472776,
+        2.0276108,
+        0.0054490864,
+        0.6971857,
+        -0.51335335,
+        0.17838326,
+        -2.1740768,
+        2.1987693,
+        -0.29999998,
+        -2.7987692,
+        0.6669443,
+        -1.1472776,
+        2.0276108,
+        0.21338892,
+        0.6971857,
+        -0.51335335,
+        0.17838326,
+        0.8701198,
+        2.1987693,
+        -0.29999998,
+        -2.7987692,
+        1.5740767,
+    ];
+    const TORCH_DX: [f32; 24] = [
+        -0.820938,
+        -0.06803278,
+        1.283561,
+        -0.9116447,
+        0.010990226,
+        -0.42199165,
+        0.2708763,
+        -0.16210556,
+        -0.944662,
+        -0.82275826,
+        1.5617307,
+        -0.11428022,
+        0.6123006,
+        -0.9842167,
+        -0.23131144,
+        1.1202822,
+        0.4426791,
+        0.011475081,
+        -0.42150682,
+        0.2695833,
+        0.11428022,
+        -1.5617306,
+        0.8227582,
+        0.9446622,
+    ];
+    const TORCH_DGAMMA: [f32; 3] = [1.0582963, 0.007205562, 2.8111153];
+    const TORCH_DBETA: [f32; 3] = [-1.3333335, 1.5, 1.1920929e-07];
+    const TORCH_RM: [f32; 3] = [0.041666664, 0.0125, -0.016666664];
+    const TORCH_RV: [f32; 3] = [1.0388888, 1.0061507, 1.0301588];
+
+    #[test]
+    fn eval_forward_backward_and_folding() {
+        let x = t(&[1, 2, 1, 3], vec![1.0, 2.0, 3.0, -1.0, 0.0, 1.0]);
+        let (gamma, beta) = (t(&[2], vec![2.0, -1.0]), t(&[2], vec![1.0, 0.0]));
+        let (rm, rv) = (t(&[2], vec![2.0, 0.0]), t(&[2], vec![4.0, 1.0]));
+        let y = forward_eval(&x, &gamma, &beta, &rm, &rv, 0.0).unwrap();
+        assert_eq!(y.data(), &[0.0, 1.0, 2.0, 1.0, 0.0, -1.0]);
+        let (scale, shift) = fold_to_affine(&gamma, &beta, &rm, &rv, 0.0).unwrap();
+        assert_eq!(scale.data(), &[1.0, -1.0]);
+        assert_eq!(shift.data(), &[-1.0, 0.0]);
+        assert_eq!(channel_affine(&x, &scale, &shift).unwrap(), y);
+        let dx = backward_eval(&Tensor::full(&[1, 2, 1, 3], 2.0), &gamma, &rv, 0.0).unwrap();
+        assert_eq!(dx.data(), &[2.0, 2.0, 2.0, -2.0, -2.0, -2.0]);
+    }
+
+    #[test]
+    fn errors_leave_running_stats_untouched() {
+        let x = Tensor::zeros(&[2, 3, 2, 2]);
+        let v3 = Tensor::full(&[3], 1.0);
+        let mut rm = Tensor::zeros(&[3]);
+        let mut rv = Tensor::full(&[3], 1.0);
+        let opts = BnOptions::default();
+        let mut bad_rv = Tensor::zeros(&[4]);
+        assert!(forward_train(&x, &v3, &v3, &mut rm, &mut bad_rv, opts).is_err());
+        assert!(forward_train(&x, &Tensor::zeros(&[2]), &v3, &mut rm, &mut rv, opts).is_err());
+        let one = Tensor::zeros(&[1, 3, 1, 1]);
+        assert!(forward_train(&one, &v3, &v3, &mut rm, &mut rv, opts).is_err());
+        let bad = BnOptions {
+            momentum: 1.5,
+            ..opts
+        };
+        assert!(forward_train(&x, &v3, &v3, &mut rm, &mut rv, bad).is_err());
+        let bad = BnOptions { eps: -1.0, ..opts };
+        assert!(forward_train(&x, &v3, &v3, &mut rm, &mut rv, bad).is_err());
+        assert!(
+            forward_train(&Tensor::zeros(&[2, 3, 4]), &v3, &v3, &mut rm, &mut rv, opts).is_err()
+        );
+        assert_eq!(rm, Tensor::zeros(&[3]));
+        assert_eq!(rv, Tensor::full(&[3], 1.0));
+
+        let (_, stats) = forward_train(&x, &v3, &v3, &mut rm, &mut rv, opts).unwrap();
+        assert!(backward_train(&Tensor::zeros(&[2, 3, 2, 1]), &x, &v3, &stats).is_err());
+        assert!(backward_train(&x, &x, &Tensor::zeros(&[2]), &stats).is_err());
+        assert!(forward_eval(&x, &v3, &v3, &rm, &Tensor::zeros(&[2]), 1e-5).is_err());
+        assert!(backward_eval(&x, &v3, &v3, f32::NAN).is_err());
+        assert!(fold_to_affine(&v3, &v3, &v3, &Tensor::zeros(&[1]), 1e-5).is_err());
+        assert!(channel_affine(&x, &v3, &Tensor::zeros(&[1])).is_err());
+    }
+}
