@@ -9,6 +9,25 @@
 
 mod tape;
 
+mod activation;
+mod batchnorm;
+mod conv;
+mod elementwise;
+mod linear;
+mod loss;
+mod pool;
+
 pub mod gradcheck;
 
 pub use tape::{Backward, Gradients, Tape, Var, VarId};
+
+/// Every differentiable op, in one namespace.
+pub mod ops {
+    pub use crate::activation::{gated_relu6, relu6};
+    pub use crate::batchnorm::{batch_norm_eval, batch_norm_train};
+    pub use crate::conv::{conv2d, pad2d};
+    pub use crate::elementwise::{add, reshape, scale};
+    pub use crate::linear::linear;
+    pub use crate::loss::{cross_entropy, soft_cross_entropy};
+    pub use crate::pool::{dropout, global_avg_pool};
+}

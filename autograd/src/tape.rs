@@ -2,7 +2,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use depthshrink_tensor::{Result, Tensor, TensorError};
+use depthshrink_tensor::{Result, Tensor, TensorError, elementwise};
 
 /// Index of a value on its tape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,13 +170,7 @@ impl Var {
 fn accumulate(slot: &mut Option<Tensor>, dx: Tensor) -> Result<()> {
     match slot {
         None => *slot = Some(dx),
-        Some(sum) => {
-            sum.expect_same_shape("gradient accumulation", &dx)?;
-            sum.data_mut()
-                .iter_mut()
-                .zip(dx.data())
-                .for_each(|(s, d)| *s += d);
-        }
+        Some(sum) => elementwise::add_assign(sum, &dx)?,
     }
     Ok(())
 }

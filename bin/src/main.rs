@@ -1,1 +1,55 @@
-fn main() {}
+//! `depthshrink`: the command-line program. Each subcommand lives in its own module; this file
+//! only parses arguments, sets up the thread pool and reports errors.
+
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "depthshrink",
+    version,
+    about = "DepthShrinker (ICML 2022) on the CPU: train a compact CNN, remove redundant activations, merge blocks",
+    long_about = None
+)]
+struct Cli {
+    /// Worker threads for kernels and data loading (default: RAYON_NUM_THREADS, else all cores).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time kernels, training steps or inference against their targets.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(err) = run(cli) {
+        eprintln!("error: {err}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| format!("cannot start {n} threads: {e}"))?;
+    }
+    match cli.command {
+        Command::Bench(cmd) => bench::run(cmd),
+    }
+}

@@ -1,7 +1,11 @@
 //! Layers, models, losses, optimisers and checkpoints.
 
+pub mod activation;
 pub mod arch;
 pub mod checkpoint;
+pub mod layers;
+pub mod loss;
+pub mod mobilenet;
 pub mod module;
 pub mod optim;
 pub mod schedule;

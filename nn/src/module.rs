@@ -8,6 +8,8 @@
 use depthshrink_autograd::{Gradients, Tape, Var};
 use depthshrink_tensor::Tensor;
 
+use crate::activation::Gates;
+
 /// A trainable tensor, its gradient after a backward pass, and whether weight decay applies.
 #[derive(Clone, Debug)]
 pub struct Param {
@@ -47,6 +49,8 @@ pub struct Ctx {
     tape: Option<Tape>,
     /// Seed of this step's dropout masks.
     pub dropout_seed: u64,
+    /// The search stage's gates, read by [`crate::activation::Act::Gated`] sites.
+    pub gates: Option<Gates>,
 }
 
 impl Ctx {
@@ -56,6 +60,7 @@ impl Ctx {
             train: true,
             tape: Some(Tape::new()),
             dropout_seed,
+            gates: None,
         }
     }
 
@@ -65,6 +70,7 @@ impl Ctx {
             train: false,
             tape: None,
             dropout_seed: 0,
+            gates: None,
         }
     }
 
@@ -74,6 +80,7 @@ impl Ctx {
             train: true,
             tape: None,
             dropout_seed,
+            gates: None,
         }
     }
 

@@ -1,0 +1,82 @@
+//! ReLU6 and DepthShrinker's gated activation with its straight-through estimator.
+
+use depthshrink_tensor::{Result, Tensor, TensorError, elementwise};
+use rayon::prelude::*;
+
+use crate::{Backward, Var};
+
+/// min(max(x, 0), 6).
+pub fn relu6(x: &Var) -> Result<Var> {
+    let y = elementwise::relu6(x.value());
+    Ok(Var::from_op(y, &[x], || Relu6Backward {
+        x: x.value().clone(),
+    }))
+}
+
+struct Relu6Backward {
+    x: Tensor,
+}
+
+impl Backward for Relu6Backward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(elementwise::relu6_backward(&self.x, dy)?)])
+    }
+}
+
+/// The search stage's activation (depthshrinker.md §3). With c = clip(s, 0, 1) and m = 1 when
+/// this iteration removes the site: y = ReLU6(x) + (x − ReLU6(x))·(m − stopgrad(c) + c).
+/// The forward value and dy/dx follow the hard choice; dy/ds = x − ReLU6(x) for 0 ≤ s ≤ 1, else 0.
+/// `gate` is a one-element tensor; sites sharing a gate sum their gate gradients on the tape.
+pub fn gated_relu6(x: &Var, gate: &Var, removed: bool) -> Result<Var> {
+    let s = gate.value().item().map_err(|_| {
+        TensorError::shape(
+            "gated_relu6",
+            format!("the gate must hold one value, got shape {:?}", gate.shape()),
+        )
+    })?;
+    let y = if removed {
+        x.value().clone()
+    } else {
+        elementwise::relu6(x.value())
+    };
+    Ok(Var::from_op(y, &[x, gate], || GatedRelu6Backward {
+        x: x.value().clone(),
+        gate_shape: gate.shape().to_vec(),
+        removed,
+        in_range: (0.0..=1.0).contains(&s),
+    }))
+}
+
+struct GatedRelu6Backward {
+    x: Tensor,
+    gate_shape: Vec<usize>,
+    removed: bool,
+    in_range: bool,
+}
+
+impl Backward for GatedRelu6Backward {
+    fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let dx = match (needs[0], self.removed) {
+            (false, _) => None,
+            (true, true) => Some(dy.clone()),
+            (true, false) => Some(elementwise::relu6_backward(&self.x, dy)?),
+        };
+        let ds = if self.in_range {
+            // Σ (x − ReLU6(x))·dy: only values outside [0, 6] contribute.
+            let x = self.x.data();
+            const CHUNK: usize = 1 << 14;
+            x.par_chunks(CHUNK)
+                .zip(dy.data().par_chunks(CHUNK))
+                .map(|(xs, ds)| {
+                    xs.iter()
+                        .zip(ds)
+                        .map(|(&x, &d)| ((x - x.clamp(0.0, 6.0)) * d) as f64)
+                        .sum::<f64>()
+                })
+                .sum::<f64>() as f32
+        } else {
+            0.0
+        };
+        Ok(vec![dx, Some(Tensor::full(&self.gate_shape, ds))])
+    }
+}

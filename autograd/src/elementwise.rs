@@ -1,0 +1,55 @@
+//! Sums, scaling and reshaping.
+
+use depthshrink_tensor::{Result, Tensor, elementwise};
+
+use crate::{Backward, Var};
+
+/// a + b for tensors of one shape (residual connections, loss terms).
+pub fn add(a: &Var, b: &Var) -> Result<Var> {
+    a.value().expect_same_shape("add", b.value())?;
+    let y = elementwise::add(a.value(), b.value())?;
+    Ok(Var::from_op(y, &[a, b], || AddBackward))
+}
+
+struct AddBackward;
+
+impl Backward for AddBackward {
+    fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(needs.iter().map(|&n| n.then(|| dy.clone())).collect())
+    }
+}
+
+/// s · x for a constant s.
+pub fn scale(x: &Var, s: f32) -> Result<Var> {
+    Ok(Var::from_op(elementwise::scale(x.value(), s), &[x], || {
+        ScaleBackward { s }
+    }))
+}
+
+struct ScaleBackward {
+    s: f32,
+}
+
+impl Backward for ScaleBackward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(elementwise::scale(dy, self.s))])
+    }
+}
+
+/// The same values under a new shape.
+pub fn reshape(x: &Var, shape: &[usize]) -> Result<Var> {
+    let y = x.value().reshape(shape)?;
+    Ok(Var::from_op(y, &[x], || ReshapeBackward {
+        shape: x.shape().to_vec(),
+    }))
+}
+
+struct ReshapeBackward {
+    shape: Vec<usize>,
+}
+
+impl Backward for ReshapeBackward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(dy.reshape(&self.shape)?)])
+    }
+}

@@ -1,0 +1,253 @@
+//! Conv2d, BatchNorm2d, Linear and the conv → BN pair, with torchvision's initialisation.
+
+use depthshrink_autograd::{Var, ops};
+use depthshrink_tensor::conv::ConvParams;
+use depthshrink_tensor::{Result, Tensor, TensorError};
+use rand::Rng;
+
+use crate::module::{Ctx, Entry, Module, Param, join};
+
+/// Samples N(0, std²) by Box–Muller (rand 0.9 ships no normal distribution).
+pub fn normal(rng: &mut impl Rng, shape: &[usize], std: f32) -> Tensor {
+    let numel: usize = shape.iter().product();
+    let mut data = Vec::with_capacity(numel + 1);
+    while data.len() < numel {
+        let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+        let u2: f32 = rng.random();
+        let r = (-2.0 * u1.ln()).sqrt() * std;
+        let theta = std::f32::consts::TAU * u2;
+        data.extend([r * theta.cos(), r * theta.sin()]);
+    }
+    data.truncate(numel);
+    Tensor::from_vec(shape, data).expect("numel matches shape")
+}
+
+/// A square-kernel convolution; weight `[cout, cin/groups, k, k]`.
+#[derive(Clone)]
+pub struct Conv2d {
+    pub weight: Param,
+    pub bias: Option<Param>,
+    pub params: ConvParams,
+}
+
+impl Conv2d {
+    /// Kaiming-normal (fan-out) weights as torchvision's MobileNetV2 initialises them.
+    pub fn new(
+        rng: &mut impl Rng,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        params: ConvParams,
+        bias: bool,
+    ) -> Conv2d {
+        let fan_out = (cout / params.groups * k * k) as f32;
+        let weight = normal(
+            rng,
+            &[cout, cin / params.groups, k, k],
+            (2.0 / fan_out).sqrt(),
+        );
+        let bias = bias.then(|| Param::new(Tensor::zeros(&[cout]), false));
+        Conv2d {
+            weight: Param::new(weight, true),
+            bias,
+            params,
+        }
+    }
+
+    pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let w = self.weight.bind(ctx);
+        let b = self.bias.as_mut().map(|b| b.bind(ctx));
+        ops::conv2d(x, &w, b.as_ref(), self.params)
+    }
+
+    pub fn kernel_size(&self) -> usize {
+        self.weight.value.shape()[2]
+    }
+}
+
+impl Module for Conv2d {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
+        f(&join(prefix, "weight"), Entry::Param(&mut self.weight));
+        if let Some(b) = &mut self.bias {
+            f(&join(prefix, "bias"), Entry::Param(b));
+        }
+    }
+}
+
+/// Batch normalisation over the channels of NCHW maps (PyTorch defaults: momentum 0.1, eps 1e-5).
+#[derive(Clone)]
+pub struct BatchNorm2d {
+    pub weight: Param,
+    pub bias: Param,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub momentum: f32,
+    pub eps: f32,
+}
+
+impl BatchNorm2d {
+    pub fn new(c: usize) -> BatchNorm2d {
+        BatchNorm2d {
+            weight: Param::new(Tensor::full(&[c], 1.0), false),
+            bias: Param::new(Tensor::zeros(&[c]), false),
+            running_mean: Tensor::zeros(&[c]),
+            running_var: Tensor::full(&[c], 1.0),
+            momentum: 0.1,
+            eps: 1e-5,
+        }
+    }
+
+    /// Batch statistics (and a running-stat update) in training, running statistics otherwise.
+    pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let (g, b) = (self.weight.bind(ctx), self.bias.bind(ctx));
+        if ctx.train {
+            ops::batch_norm_train(
+                x,
+                &g,
+                &b,
+                &mut self.running_mean,
+                &mut self.running_var,
+                self.momentum,
+                self.eps,
+            )
+        } else {
+            ops::batch_norm_eval(x, &g, &b, &self.running_mean, &self.running_var, self.eps)
+        }
+    }
+
+    /// The per-channel affine map `y = x·scale + shift` this BN applies in evaluation.
+    pub fn eval_affine(&self) -> (Vec<f32>, Vec<f32>) {
+        let (gamma, beta) = (self.weight.value.data(), self.bias.value.data());
+        let (mean, var) = (self.running_mean.data(), self.running_var.data());
+        (0..gamma.len())
+            .map(|c| {
+                let scale = gamma[c] / (var[c] + self.eps).sqrt();
+                (scale, beta[c] - mean[c] * scale)
+            })
+            .unzip()
+    }
+}
+
+impl Module for BatchNorm2d {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
+        f(&join(prefix, "weight"), Entry::Param(&mut self.weight));
+        f(&join(prefix, "bias"), Entry::Param(&mut self.bias));
+        f(
+            &join(prefix, "running_mean"),
+            Entry::Buffer(&mut self.running_mean),
+        );
+        f(
+            &join(prefix, "running_var"),
+            Entry::Buffer(&mut self.running_var),
+        );
+    }
+}
+
+/// y = x·Wᵀ + b with W `[out, in]`; initialised N(0, 0.01²) as torchvision's classifier.
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Param,
+    pub bias: Param,
+}
+
+impl Linear {
+    pub fn new(rng: &mut impl Rng, inputs: usize, outputs: usize) -> Linear {
+        Linear {
+            weight: Param::new(normal(rng, &[outputs, inputs], 0.01), true),
+            bias: Param::new(Tensor::zeros(&[outputs]), false),
+        }
+    }
+
+    pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let (w, b) = (self.weight.bind(ctx), self.bias.bind(ctx));
+        ops::linear(x, &w, Some(&b))
+    }
+}
+
+impl Module for Linear {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
+        f(&join(prefix, "weight"), Entry::Param(&mut self.weight));
+        f(&join(prefix, "bias"), Entry::Param(&mut self.bias));
+    }
+}
+
+/// A bias-free conv followed by batch norm, the unit every MobileNet layer is built from.
+/// `names` are the two children's local names (torchvision uses "0"/"1" or e.g. "2"/"3").
+#[derive(Clone)]
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm2d,
+    names: [&'static str; 2],
+    /// The BN has been folded into the conv's weight and bias (inference only).
+    folded: bool,
+}
+
+impl ConvBn {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        rng: &mut impl Rng,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        groups: usize,
+        names: [&'static str; 2],
+    ) -> ConvBn {
+        let conv = Conv2d::new(
+            rng,
+            cin,
+            cout,
+            k,
+            ConvParams::new(stride, pad, groups),
+            false,
+        );
+        ConvBn {
+            conv,
+            bn: BatchNorm2d::new(cout),
+            names,
+            folded: false,
+        }
+    }
+
+    pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let y = self.conv.forward(x, ctx)?;
+        match (self.folded, ctx.train) {
+            (false, _) => self.bn.forward(&y, ctx),
+            (true, false) => Ok(y),
+            (true, true) => Err(TensorError::argument(
+                "ConvBn",
+                "a network with folded batch norms cannot train",
+            )),
+        }
+    }
+
+    /// Folds the BN into the conv for inference: one pass over the output instead of two.
+    pub fn fold(&mut self) -> Result<()> {
+        if !self.folded {
+            let (w, b) = self.folded()?;
+            self.conv.weight.value = w;
+            self.conv.bias = Some(Param::new(b, false));
+            self.folded = true;
+        }
+        Ok(())
+    }
+
+    /// The conv with this BN folded in (evaluation statistics): W' = W·γ/σ, b' = β − γ·μ/σ.
+    pub fn folded(&self) -> Result<(Tensor, Tensor)> {
+        let (scale, shift) = self.bn.eval_affine();
+        let mut w = self.conv.weight.value.clone();
+        let per_out = w.numel() / scale.len();
+        for (row, s) in w.data_mut().chunks_exact_mut(per_out).zip(&scale) {
+            row.iter_mut().for_each(|v| *v *= s);
+        }
+        Ok((w, Tensor::from_vec(&[shift.len()], shift)?))
+    }
+}
+
+impl Module for ConvBn {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
+        self.conv.visit(&join(prefix, self.names[0]), f);
+        self.bn.visit(&join(prefix, self.names[1]), f);
+    }
+}

@@ -1,0 +1,362 @@
+//! MobileNetV2 (any width, ImageNet or CIFAR layout) and EfficientNet-Lite0, which share one
+//! skeleton: stem conv → depthwise-separable block → inverted-residual blocks → head conv →
+//! global pool → dropout → linear. Parameter names follow torchvision's `mobilenet_v2`.
+
+use depthshrink_autograd::{Var, ops};
+use depthshrink_tensor::conv::ConvParams;
+use depthshrink_tensor::{Result, TensorError};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::activation::Act;
+use crate::arch::{ArchConfig, BlockSpec, NetSpec};
+use crate::layers::{Conv2d, ConvBn, Linear};
+use crate::module::{Ctx, Entry, Module, join};
+
+/// Which activations a network keeps and which blocks are merged; stored in checkpoint
+/// metadata beside the [`ArchConfig`], so a compressed network rebuilds from its file alone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    /// Per activation index (stem, blocks, head): true = ReLU6 kept.
+    pub keep: Vec<bool>,
+    /// Per block: merged into one dense conv.
+    pub merged: Vec<bool>,
+}
+
+/// An inverted-residual block (`expand == None`: the depthwise-separable first block).
+#[derive(Clone)]
+pub struct InvertedResidual {
+    pub spec: BlockSpec,
+    pub expand: Option<ConvBn>,
+    pub dw: ConvBn,
+    pub project: ConvBn,
+    /// The activation at both sites (after expand and after the depthwise conv).
+    pub act: Act,
+    /// Activations removed: pad-first evaluation, and (for an IR block) one ReLU6 after the
+    /// residual add, so the block equals its merged conv + ReLU6 exactly.
+    pub linearised: bool,
+}
+
+impl InvertedResidual {
+    fn new(rng: &mut ChaCha8Rng, spec: BlockSpec) -> Self {
+        let (k, p) = (spec.k, spec.k / 2);
+        let (expand, dw, project) = if spec.expand {
+            (
+                Some(ConvBn::new(
+                    rng,
+                    spec.cin,
+                    spec.hidden,
+                    1,
+                    1,
+                    0,
+                    1,
+                    ["0.0", "0.1"],
+                )),
+                ConvBn::new(
+                    rng,
+                    spec.hidden,
+                    spec.hidden,
+                    k,
+                    spec.stride,
+                    p,
+                    spec.hidden,
+                    ["1.0", "1.1"],
+                ),
+                ConvBn::new(rng, spec.hidden, spec.cout, 1, 1, 0, 1, ["2", "3"]),
+            )
+        } else {
+            (
+                None,
+                ConvBn::new(
+                    rng,
+                    spec.cin,
+                    spec.hidden,
+                    k,
+                    spec.stride,
+                    p,
+                    spec.hidden,
+                    ["0.0", "0.1"],
+                ),
+                ConvBn::new(rng, spec.hidden, spec.cout, 1, 1, 0, 1, ["1", "2"]),
+            )
+        };
+        InvertedResidual {
+            spec,
+            expand,
+            dw,
+            project,
+            act: Act::Relu6,
+            linearised: false,
+        }
+    }
+
+    fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        if self.linearised && self.expand.is_some() {
+            return self.forward_pad_first(x, ctx);
+        }
+        let mut h = x.clone();
+        if let Some(expand) = &mut self.expand {
+            h = self.act.apply(&expand.forward(&h, ctx)?, ctx)?;
+        }
+        h = self.act.apply(&self.dw.forward(&h, ctx)?, ctx)?;
+        let out = self.project.forward(&h, ctx)?;
+        if self.spec.has_skip() {
+            ops::add(&out, x)
+        } else {
+            Ok(out)
+        }
+    }
+
+    /// Pad the input once, run the expand conv on the padded map and the depthwise conv with
+    /// padding 0: the intermediate border then holds expand(0) = its bias, as in the merged conv.
+    fn forward_pad_first(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let expand = self
+            .expand
+            .as_mut()
+            .expect("pad-first is only used for IR blocks");
+        let h = expand.forward(&ops::pad2d(x, self.spec.k / 2)?, ctx)?;
+        let pad = std::mem::replace(&mut self.dw.conv.params.pad, 0);
+        let d = self.dw.forward(&h, ctx);
+        self.dw.conv.params.pad = pad;
+        let out = self.project.forward(&d?, ctx)?;
+        let out = if self.spec.has_skip() {
+            ops::add(&out, x)?
+        } else {
+            out
+        };
+        ops::relu6(&out)
+    }
+}
+
+impl Module for InvertedResidual {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
+        let prefix = join(prefix, "conv");
+        if let Some(e) = &mut self.expand {
+            e.visit(&prefix, f);
+        }
+        self.dw.visit(&prefix, f);
+        self.project.visit(&prefix, f);
+    }
+}
+
+/// A block compiled by the merge stage into one dense conv (bias included), plus the block's
+/// output ReLU6 when it had one.
+#[derive(Clone)]
+pub struct MergedBlock {
+    pub conv: Conv2d,
+    pub relu6: bool,
+}
+
+impl Module for MergedBlock {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
+        self.conv.visit(&join(prefix, "merged"), f);
+    }
+}
+
+/// A network holds a few dozen blocks, so the variants' size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone)]
+pub enum Block {
+    Ir(InvertedResidual),
+    Merged(MergedBlock),
+}
+
+impl Block {
+    fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        match self {
+            Block::Ir(b) => b.forward(x, ctx),
+            Block::Merged(m) => {
+                let y = m.conv.forward(x, ctx)?;
+                if m.relu6 { ops::relu6(&y) } else { Ok(y) }
+            }
+        }
+    }
+}
+
+/// MobileNetV2 or EfficientNet-Lite0, per its [`ArchConfig`].
+#[derive(Clone)]
+pub struct MobileNet {
+    pub arch: ArchConfig,
+    pub spec: NetSpec,
+    pub stem: ConvBn,
+    pub stem_act: Act,
+    pub blocks: Vec<Block>,
+    pub head: ConvBn,
+    pub head_act: Act,
+    pub classifier: Linear,
+    /// Dropout probability before the classifier (torchvision: 0.2).
+    pub dropout: f32,
+}
+
+impl MobileNet {
+    /// A freshly initialised network (torchvision's initialisation), deterministic in `seed`.
+    pub fn new(arch: &ArchConfig, seed: u64) -> MobileNet {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let spec = arch.spec();
+        let stem = ConvBn::new(
+            &mut rng,
+            3,
+            spec.stem,
+            3,
+            spec.stem_stride,
+            1,
+            1,
+            ["0", "1"],
+        );
+        let blocks = spec
+            .blocks
+            .iter()
+            .map(|&b| Block::Ir(InvertedResidual::new(&mut rng, b)))
+            .collect();
+        let last = spec.blocks.last().map_or(spec.stem, |b| b.cout);
+        let head = ConvBn::new(&mut rng, last, spec.head, 1, 1, 0, 1, ["0", "1"]);
+        let classifier = Linear::new(&mut rng, spec.head, spec.num_classes);
+        MobileNet {
+            arch: arch.clone(),
+            spec,
+            stem,
+            stem_act: Act::Relu6,
+            blocks,
+            head,
+            head_act: Act::Relu6,
+            classifier,
+            dropout: 0.2,
+        }
+    }
+
+    /// Logits `[N, classes]` for images `[N, 3, H, W]`.
+    pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        let mut h = self.stem_act.apply(&self.stem.forward(x, ctx)?, ctx)?;
+        for block in &mut self.blocks {
+            h = block.forward(&h, ctx)?;
+        }
+        h = self.head_act.apply(&self.head.forward(&h, ctx)?, ctx)?;
+        h = ops::global_avg_pool(&h)?;
+        if ctx.train && self.dropout > 0.0 {
+            h = ops::dropout(&h, self.dropout, ctx.dropout_seed)?;
+        }
+        self.classifier.forward(&h, ctx)
+    }
+
+    /// A copy for fast evaluation: every batch norm folded into its conv.
+    pub fn for_inference(&self) -> Result<MobileNet> {
+        let mut net = self.clone();
+        net.stem.fold()?;
+        net.head.fold()?;
+        for block in &mut net.blocks {
+            if let Block::Ir(b) = block {
+                for cb in b.expand.iter_mut().chain([&mut b.dw, &mut b.project]) {
+                    cb.fold()?;
+                }
+            }
+        }
+        Ok(net)
+    }
+
+    /// Number of activation indices (stem, every block, head).
+    pub fn num_acts(&self) -> usize {
+        self.blocks.len() + 2
+    }
+
+    /// Sets every activation site from `acts[index]` (the search installs gated sites).
+    pub fn set_acts(&mut self, acts: &[Act]) -> Result<()> {
+        self.check_len("set_acts", acts.len())?;
+        self.stem_act = acts[0];
+        self.head_act = acts[acts.len() - 1];
+        for (block, &act) in self.blocks.iter_mut().zip(&acts[1..]) {
+            if let Block::Ir(b) = block {
+                b.act = act;
+                b.linearised = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the activations with `keep[i] == false`: identity sites, and pad-first with one
+    /// output ReLU6 for removed inverted-residual blocks (the finetuning and merging form).
+    pub fn apply_keep(&mut self, keep: &[bool]) -> Result<()> {
+        self.check_len("apply_keep", keep.len())?;
+        let act = |k: bool| if k { Act::Relu6 } else { Act::Identity };
+        self.stem_act = act(keep[0]);
+        self.head_act = act(keep[keep.len() - 1]);
+        for (block, &k) in self.blocks.iter_mut().zip(&keep[1..]) {
+            match block {
+                Block::Ir(b) => {
+                    b.act = act(k);
+                    b.linearised = !k;
+                }
+                Block::Merged(_) if k => {
+                    return Err(TensorError::argument(
+                        "apply_keep",
+                        "a merged block cannot get its activations back",
+                    ));
+                }
+                Block::Merged(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The keep list and merged flags this network currently has.
+    pub fn variant(&self) -> Variant {
+        let kept = |a: Act| a != Act::Identity;
+        let mut keep = vec![kept(self.stem_act)];
+        keep.extend(self.blocks.iter().map(|b| match b {
+            Block::Ir(b) => !b.linearised && kept(b.act),
+            Block::Merged(_) => false,
+        }));
+        keep.push(kept(self.head_act));
+        let merged = self
+            .blocks
+            .iter()
+            .map(|b| matches!(b, Block::Merged(_)))
+            .collect();
+        Variant { keep, merged }
+    }
+
+    fn check_len(&self, op: &'static str, len: usize) -> Result<()> {
+        if len != self.num_acts() {
+            return Err(TensorError::argument(
+                op,
+                format!(
+                    "this network has {} activation indices (stem, {} blocks, head), got {len}",
+                    self.num_acts(),
+                    self.blocks.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Module for MobileNet {
+    fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
+        let features = join(prefix, "features");
+        self.stem.visit(&join(&features, "0"), f);
+        for (i, block) in self.blocks.iter_mut().enumerate() {
+            let name = join(&features, &(i + 1).to_string());
+            match block {
+                Block::Ir(b) => b.visit(&name, f),
+                Block::Merged(m) => m.visit(&name, f),
+            }
+        }
+        self.head
+            .visit(&join(&features, &(self.blocks.len() + 1).to_string()), f);
+        self.classifier.visit(&join(prefix, "classifier.1"), f);
+    }
+}
+
+/// Builds a merged block's conv (used by the merge compiler and when loading merged files).
+pub fn merged_conv(
+    weight: depthshrink_tensor::Tensor,
+    bias: depthshrink_tensor::Tensor,
+    stride: usize,
+) -> Conv2d {
+    let k = weight.shape()[2];
+    Conv2d {
+        weight: crate::Param::new(weight, true),
+        bias: Some(crate::Param::new(bias, false)),
+        params: ConvParams::new(stride, k / 2, 1),
+    }
+}
