@@ -141,10 +141,29 @@ fn backward_input_plane(dy: &[f32], w: &[f32], dx: &mut [f32], d: &Dims, buf: &m
     }
 }
 
+/// Weight gradient of channels `c0..c0+nc` (into `dw`, `nc·k²` floats), one channel at a time.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_weight_block(
+    x: &[f32],
+    dy: &[f32],
+    c0: usize,
+    nc: usize,
+    nch: usize,
+    n: usize,
+    d: &Dims,
+    dw: &mut [f32],
+    buf: &mut [f32],
+) {
+    let k2 = d.k * d.k;
+    for (cc, dwc) in dw.chunks_exact_mut(k2).take(nc).enumerate() {
+        backward_weight_channel(x, dy, c0 + cc, nch, n, d, dwc, buf);
+    }
+}
+
 /// Weight gradient of one channel, summed over the `n` images: `x` and `dy` are the whole
 /// tensors, the channel's planes are `(img·nch + c)`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_weight_channel(
+fn backward_weight_channel(
     x: &[f32],
     dy: &[f32],
     c: usize,
