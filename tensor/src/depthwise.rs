@@ -173,7 +173,9 @@ fn check_lens(what: &str, got: usize, want: usize) {
     );
 }
 
-/// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]).
+/// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]), the bias fused into the accumulator's initial value.
+///
+/// Panics if the slice lengths don't match `g` or `g` is not depthwise.
 pub fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &ConvGeom) {
     forward_with(Path::Auto, x, w, bias, y, g);
 }
@@ -235,7 +237,11 @@ fn avx2_forward(_: &Dims) -> (usize, PlanesFn) {
     unreachable!()
 }
 
-/// dx = dy ⋆ rot180(w), scattered for stride > 1.
+/// dx = dy ⋆ rot180(w): for stride 1 the forward row kernel on dy padded by k−1−p; for stride 2
+/// (AVX2) a gather per output phase, each dx element written once; otherwise (portable) the
+/// correlation of the stride-dilated dy.
+///
+/// Panics if the slice lengths don't match `g` or `g` is not depthwise.
 pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
     backward_input_with(Path::Auto, dy, w, dx, g);
 }
@@ -302,7 +308,10 @@ fn avx2_backward_input(_: &Dims) -> (usize, PlanesFn) {
     unreachable!()
 }
 
-/// dw[c,u,v] = Σ_{n,i,j} dy[n,c,i,j] · x[n,c,i·s+u−p, j·s+v−p].
+/// dw[c,u,v] = Σ_{n,i,j} dy[n,c,i,j] · x[n,c,i·s+u−p, j·s+v−p], summed over the batch:
+/// k² vector accumulators per channel, parallel over blocks of channels.
+///
+/// Panics if the slice lengths don't match `g` or `g` is not depthwise.
 pub fn backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom) {
     backward_weight_with(Path::Auto, x, dy, dw, g);
 }
