@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 torch.set_num_threads(2)
-REPS = 9
+REPS = 7
 
 # (name, N, C, H, k, stride) with pad = k // 2, same list as the Rust example.
 CASES = [

@@ -1,14 +1,21 @@
 //! Direct depthwise convolution (groups == channels): forward, input gradient, weight gradient.
-//! Never routed through GEMM: a depthwise layer does k² multiply-adds per output, so it is bound
-//! by memory traffic and loop overhead, not by arithmetic, and im2col would multiply the traffic.
+//! Never routed through GEMM: a depthwise layer does only k² multiply-adds per output, so it is
+//! bound by memory traffic and loop overhead, and im2col would multiply the traffic by k².
 //!
 //! All three take an NCHW geometry with `g.groups == g.cin == g.cout` and slices of exactly
 //! the sizes that geometry implies; outputs are overwritten, not accumulated.
 //!
 //! Dispatch: AVX2+FMA kernels (`avx2`) for k ∈ {3, 5} and stride ∈ {1, 2}, chosen at run time via
 //! [`crate::simd::avx2_fma`]; the portable kernels (`portable`) handle every other case and any
-//! CPU. Both work plane by plane on a zero-padded scratch copy, so padding never reaches the inner
-//! loops. Parallelism is one rayon level: over contiguous runs of (image, channel) planes for the
+//! CPU. Each plane is first copied into a zero-padded scratch buffer (for stride 2, split into even
+//! and odd columns), so padding never reaches the inner loops, which are one fused pass per output
+//! row: k input rows at k shifts, k² broadcast weights in registers, each output written once.
+//! The input gradient is the same row kernel with the rotated kernel for stride 1, and a per-phase
+//! gather (even/odd rows and columns, results interleaved) for stride 2. Small "same" stride-1
+//! planes (fewer than 16 columns: 4×4, 7×7, 8×8, 14×14) are vectorised over the flattened plane
+//! with per-column-tap masks instead of row by row.
+//!
+//! Parallelism is one rayon level: over contiguous runs of (image, channel) planes for the
 //! forward pass and the input gradient, over channels (summing the images inside) for the weight
 //! gradient.
 
@@ -94,7 +101,10 @@ fn planes_per_task(planes: usize) -> usize {
 /// The input gradient uses the same shape with `src = dy`, `dst = dx` and no bias.
 type PlanesFn =
     unsafe fn(&[f32], &[f32], Option<&[f32]>, &mut [f32], usize, usize, &Dims, &mut [f32]);
-type WeightFn = unsafe fn(&[f32], &[f32], usize, usize, usize, &Dims, &mut [f32], &mut [f32]);
+/// Weight gradient of a block of channels:
+/// `(x, dy, first channel, channels in block, channels, images, dims, dw of the block, scratch)`.
+type WeightFn =
+    unsafe fn(&[f32], &[f32], usize, usize, usize, usize, &Dims, &mut [f32], &mut [f32]);
 
 /// Calls `f(src plane, dst plane, channel)` for each plane of a run starting at plane `first`;
 /// `forward` says whether src holds input planes (forward) or output planes (input gradient).
@@ -163,7 +173,9 @@ fn check_lens(what: &str, got: usize, want: usize) {
     );
 }
 
-/// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]).
+/// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]), the bias fused into the accumulator's initial value.
+///
+/// Panics if the slice lengths don't match `g` or `g` is not depthwise.
 pub fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &ConvGeom) {
     forward_with(Path::Auto, x, w, bias, y, g);
 }
@@ -225,7 +237,11 @@ fn avx2_forward(_: &Dims) -> (usize, PlanesFn) {
     unreachable!()
 }
 
-/// dx = dy ⋆ rot180(w), scattered for stride > 1.
+/// dx = dy ⋆ rot180(w): for stride 1 the forward row kernel on dy padded by k−1−p; for stride 2
+/// (AVX2) a gather per output phase, each dx element written once; otherwise (portable) the
+/// correlation of the stride-dilated dy.
+///
+/// Panics if the slice lengths don't match `g` or `g` is not depthwise.
 pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
     backward_input_with(Path::Auto, dy, w, dx, g);
 }
@@ -292,7 +308,10 @@ fn avx2_backward_input(_: &Dims) -> (usize, PlanesFn) {
     unreachable!()
 }
 
-/// dw[c,u,v] = Σ_{n,i,j} dy[n,c,i,j] · x[n,c,i·s+u−p, j·s+v−p].
+/// dw[c,u,v] = Σ_{n,i,j} dy[n,c,i,j] · x[n,c,i·s+u−p, j·s+v−p], summed over the batch:
+/// k² vector accumulators per channel, parallel over blocks of channels.
+///
+/// Panics if the slice lengths don't match `g` or `g` is not depthwise.
 pub fn backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom) {
     backward_weight_with(Path::Auto, x, dy, dw, g);
 }
@@ -310,7 +329,7 @@ fn backward_weight_with(path: Path, x: &[f32], dy: &[f32], dw: &mut [f32], g: &C
     let (scratch, kernel): (usize, WeightFn) = if use_avx2(path, &d) {
         avx2_backward_weight(&d)
     } else {
-        (portable::fwd_scratch(&d), portable::backward_weight_channel)
+        (portable::fwd_scratch(&d), portable::backward_weight_block)
     };
     let per_task = c.div_ceil(rayon::current_num_threads().max(1) * 8).max(1);
     let n = g.n;
@@ -318,10 +337,10 @@ fn backward_weight_with(path: Path, x: &[f32], dy: &[f32], dw: &mut [f32], g: &C
         .enumerate()
         .for_each(|(t, chunk)| {
             let mut buf = vec![0f32; scratch];
-            for (l, dwc) in chunk.chunks_exact_mut(k2).enumerate() {
-                // SAFETY: as in `run_planes`; the kernel reads planes (img·c + ch) of x and dy.
-                unsafe { kernel(x, dy, t * per_task + l, c, n, &d, dwc, &mut buf) };
-            }
+            let nc = chunk.len() / k2;
+            // SAFETY: as in `run_planes`; the kernel reads planes (img·c + ch) of x and dy for its
+            // channels and writes their k² gradients.
+            unsafe { kernel(x, dy, t * per_task, nc, c, n, &d, chunk, &mut buf) };
         });
 }
 
@@ -336,19 +355,19 @@ fn avx2_backward_weight(d: &Dims) -> (usize, WeightFn) {
     match (d.k, d.s) {
         (3, 1) => (
             avx2::fwd_scratch::<1>(d),
-            avx2::backward_weight_channel::<3, 1>,
+            avx2::backward_weight_block::<3, 1>,
         ),
         (3, 2) => (
             avx2::fwd_scratch::<2>(d),
-            avx2::backward_weight_channel::<3, 2>,
+            avx2::backward_weight_block::<3, 2>,
         ),
         (5, 1) => (
             avx2::fwd_scratch::<1>(d),
-            avx2::backward_weight_channel::<5, 1>,
+            avx2::backward_weight_block::<5, 1>,
         ),
         (5, 2) => (
             avx2::fwd_scratch::<2>(d),
-            avx2::backward_weight_channel::<5, 2>,
+            avx2::backward_weight_block::<5, 2>,
         ),
         _ => unreachable!("use_avx2 admits k ∈ {{3,5}}, s ∈ {{1,2}}"),
     }

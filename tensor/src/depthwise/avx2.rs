@@ -7,6 +7,10 @@
 //! vector of a row uses masked stores. Reads past a row's end stay inside the buffer
 //! (`SLACK` floats at its end) and only feed lanes that are never stored.
 //!
+//! Two variations: the stride-2 input gradient gathers per phase (dx rows and columns of each
+//! parity see a fixed subset of taps; the even- and odd-column results are interleaved on store),
+//! and small "same" stride-1 planes are vectorised over the flattened plane (see `flat_conv`).
+//!
 //! Safety contract shared by every `unsafe fn` here: the CPU supports AVX2 and FMA, the slices
 //! have the lengths their `Dims` imply, and `buf` has at least the matching `*_scratch` length and
 //! is zero wherever the fill functions don't write (the caller zeroes it once per task).
@@ -548,58 +552,72 @@ fn flush<const K: usize>(acc: &mut [[__m256; K]; K], sums: &mut [[f64; K]; K]) {
     }
 }
 
-/// Weight gradient of one channel summed over `n` images (planes `img·nch + c` of `x` and `dy`).
-/// Vector accumulators in f32 are flushed into f64 every few thousand terms per lane.
+/// Weight gradient of channels `c0..c0+nc` summed over `n` images (planes `img·nch + c` of `x`
+/// and `dy`). Images are the outer loop so each image's planes of the block are read as one
+/// contiguous run (channel-outer order would jump `nch` planes at every step, which defeats the
+/// prefetchers on small planes); each channel keeps its own vector accumulators. Those are f32
+/// and flushed into f64 every few thousand terms per lane.
 ///
 /// # Safety
-/// See the module contract.
+/// See the module contract; `dw` holds `nc·K²` floats.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn backward_weight_channel<const K: usize, const S: usize>(
+pub(super) unsafe fn backward_weight_block<const K: usize, const S: usize>(
     x: &[f32],
     dy: &[f32],
-    c: usize,
+    c0: usize,
+    nc: usize,
     nch: usize,
     n: usize,
     d: &Dims,
     dw: &mut [f32],
     buf: &mut [f32],
 ) {
-    assert!(buf.len() >= fwd_scratch::<S>(d) && dw.len() >= K * K);
+    assert!(buf.len() >= fwd_scratch::<S>(d) && dw.len() >= nc * K * K);
     let (ip, op) = (d.h * d.w, d.oh * d.ow);
-    let mut acc = [[_mm256_setzero_ps(); K]; K];
-    let mut sums = [[0f64; K]; K];
+    let mut acc = vec![[[_mm256_setzero_ps(); K]; K]; nc];
+    let mut sums = vec![[[0f64; K]; K]; nc];
     let mut pending = 0;
     for img in 0..n {
-        let plane = img * nch + c;
-        fill_fwd::<S>(&x[plane * ip..][..ip], d, buf);
-        let dyp = &dy[plane * op..][..op];
-        // SAFETY: buffer just filled for this plane, dy plane of the right size.
-        unsafe {
-            if K == 3 {
-                bw_pass::<K, S, 3>(&mut acc, buf, dyp, d, 0);
-            } else {
-                // 2 rows × K = 10 accumulators keep the FMA pipes busy without spilling.
-                let mut i0 = 0;
-                while i0 + 2 <= K {
-                    bw_pass::<K, S, 2>(&mut acc, buf, dyp, d, i0);
-                    i0 += 2;
-                }
-                if i0 < K {
-                    bw_pass::<K, S, 1>(&mut acc, buf, dyp, d, i0);
+        for (cc, acc) in acc.iter_mut().enumerate() {
+            let plane = img * nch + c0 + cc;
+            fill_fwd::<S>(&x[plane * ip..][..ip], d, buf);
+            let dyp = &dy[plane * op..][..op];
+            // SAFETY: buffer just filled for this plane, dy plane of the right size.
+            unsafe {
+                if K == 3 {
+                    bw_pass::<K, S, 3>(acc, buf, dyp, d, 0);
+                } else {
+                    // 2 rows × K = 10 accumulators keep the FMA pipes busy without spilling.
+                    let mut i0 = 0;
+                    while i0 + 2 <= K {
+                        bw_pass::<K, S, 2>(acc, buf, dyp, d, i0);
+                        i0 += 2;
+                    }
+                    if i0 < K {
+                        bw_pass::<K, S, 1>(acc, buf, dyp, d, i0);
+                    }
                 }
             }
         }
         pending += op;
-        if pending >= FLUSH {
-            flush(&mut acc, &mut sums);
+        if pending >= FLUSH || img + 1 == n {
+            for (a, s) in acc.iter_mut().zip(sums.iter_mut()) {
+                flush(a, s);
+            }
             pending = 0;
         }
     }
-    flush(&mut acc, &mut sums);
-    for i in 0..K {
-        for j in 0..K {
-            dw[i * K + j] = sums[i][j] as f32;
+    store_sums(&sums, dw);
+}
+
+/// Writes the per-channel f64 sums into `dw` (`[c][i][j]`).
+fn store_sums<const K: usize>(sums: &[[[f64; K]; K]], dw: &mut [f32]) {
+    for (s, out) in sums.iter().zip(dw.chunks_exact_mut(K * K)) {
+        for i in 0..K {
+            for j in 0..K {
+                out[i * K + j] = s[i][j] as f32;
+            }
         }
     }
 }
@@ -779,16 +797,18 @@ unsafe fn bw_flat_pass<const K: usize, const G: usize>(
     acc[i0..i0 + G].copy_from_slice(&r);
 }
 
-/// Weight gradient of one channel for small "same" stride-1 planes.
+/// Weight gradient of channels `c0..c0+nc` for small "same" stride-1 planes; image-outer like
+/// [`backward_weight_block`], and pipelined: plane t+1 is copied while plane t is accumulated.
 ///
 /// # Safety
-/// See `flat_conv`.
+/// See `flat_conv`; `dw` holds `nc·K²` floats.
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward_weight_flat<const K: usize>(
     x: &[f32],
     dy: &[f32],
-    c: usize,
+    c0: usize,
+    nc: usize,
     nch: usize,
     n: usize,
     d: &Dims,
@@ -796,54 +816,68 @@ pub(super) unsafe fn backward_weight_flat<const K: usize>(
     buf: &mut [f32],
 ) {
     let ip = d.h * d.w;
-    assert!(dw.len() >= K * K && 2 * d.p + 1 == K && d.s == 1);
-    let mut acc = [[_mm256_setzero_ps(); K]; K];
-    let mut sums = [[0f64; K]; K];
+    assert!(dw.len() >= nc * K * K && 2 * d.p + 1 == K && d.s == 1);
+    let mut acc = vec![[[_mm256_setzero_ps(); K]; K]; nc];
+    let mut sums = vec![[[0f64; K]; K]; nc];
     let mut pending = 0;
+    // Plane t of the run is image t / nc, channel c0 + t % nc; each closure steps its own cursor.
+    let (mut p_img, mut p_cc) = (0, 0);
+    let (mut c_img, mut c_cc) = (0, 0);
     let buf_ptr: *mut [f32] = buf;
     pipelined(
-        n,
-        // SAFETY (both closures): `buf_ptr` is `buf`, used by one closure at a time; `prepare`
-        // writes the slot `compute` will read next, never the one it is reading.
-        |img, slot| {
-            flat_prepare(
-                &x[(img * nch + c) * ip..][..ip],
-                d,
-                unsafe { &mut *buf_ptr },
-                slot,
-            )
+        n * nc,
+        |_, slot| {
+            let plane = p_img * nch + c0 + p_cc;
+            (p_cc, p_img) = if p_cc + 1 == nc {
+                (0, p_img + 1)
+            } else {
+                (p_cc + 1, p_img)
+            };
+            // SAFETY: `buf_ptr` is `buf`, which nothing else borrows while `pipelined` runs, and
+            // the two closures never run at the same time, so this is the only live reference.
+            let buf = unsafe { &mut *buf_ptr };
+            flat_prepare(&x[plane * ip..][..ip], d, buf, slot)
         },
-        |img, slot| {
+        |_, slot| {
+            let (img, cc) = (c_img, c_cc);
+            (c_cc, c_img) = if c_cc + 1 == nc {
+                (0, c_img + 1)
+            } else {
+                (c_cc + 1, c_img)
+            };
+            let plane = img * nch + c0 + cc;
+            // SAFETY: as above; the reference ends before `prepare` runs again (which writes the
+            // other slot anyway).
             let (masks, xp) = flat_ptrs(d, unsafe { &*buf_ptr }, slot);
-            let dyp = &dy[(img * nch + c) * ip..][..ip];
-            // SAFETY: slot prepared for this image, dy plane of the right size.
+            let dyp = &dy[plane * ip..][..ip];
+            let acc_c = &mut acc[cc];
+            // SAFETY: slot prepared for this plane, dy plane of the right size.
             unsafe {
                 if K == 3 {
-                    bw_flat_pass::<K, 3>(&mut acc, masks, xp, dyp, d, 0);
+                    bw_flat_pass::<K, 3>(acc_c, masks, xp, dyp, d, 0);
                 } else {
                     let mut i0 = 0;
                     while i0 + 2 <= K {
-                        bw_flat_pass::<K, 2>(&mut acc, masks, xp, dyp, d, i0);
+                        bw_flat_pass::<K, 2>(acc_c, masks, xp, dyp, d, i0);
                         i0 += 2;
                     }
                     if i0 < K {
-                        bw_flat_pass::<K, 1>(&mut acc, masks, xp, dyp, d, i0);
+                        bw_flat_pass::<K, 1>(acc_c, masks, xp, dyp, d, i0);
                     }
                 }
             }
-            pending += ip;
-            if pending >= FLUSH {
-                flush(&mut acc, &mut sums);
-                pending = 0;
+            if cc + 1 == nc {
+                pending += ip;
+                if pending >= FLUSH || img + 1 == n {
+                    for (a, s) in acc.iter_mut().zip(sums.iter_mut()) {
+                        flush(a, s);
+                    }
+                    pending = 0;
+                }
             }
         },
     );
-    flush(&mut acc, &mut sums);
-    for i in 0..K {
-        for j in 0..K {
-            dw[i * K + j] = sums[i][j] as f32;
-        }
-    }
+    store_sums(&sums, dw);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -985,12 +1019,18 @@ unsafe fn flat_run<const K: usize>(
     let n = dst.len() / np;
     assert!(src.len() >= n * np);
     let buf_ptr: *mut [f32] = buf;
+    let mut ch = first % chans;
     pipelined(
         n,
-        // SAFETY (both closures): as in `backward_weight_flat`.
-        |i, slot| flat_prepare(&src[i * np..][..np], d, unsafe { &mut *buf_ptr }, slot),
         |i, slot| {
-            let c = (first + i) % chans;
+            // SAFETY: as in `backward_weight_flat`: the only live reference to `buf`.
+            let buf = unsafe { &mut *buf_ptr };
+            flat_prepare(&src[i * np..][..np], d, buf, slot)
+        },
+        |i, slot| {
+            let c = ch;
+            ch = if ch + 1 == chans { 0 } else { ch + 1 };
+            // SAFETY: as in `backward_weight_flat`.
             let (masks, plane) = flat_ptrs(d, unsafe { &*buf_ptr }, slot);
             let b = bias.map_or(0.0, |b| b[c]);
             // SAFETY: slot prepared for plane i; output plane of np floats.

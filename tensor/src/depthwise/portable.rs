@@ -63,6 +63,11 @@ pub(super) fn fill(
 /// out[q] = bias + Σ_{i,j} w[i,j] · rows[i·pitch + q·s + j]: one fused pass per output row,
 /// `L` outputs at a time so the tap loop stays outside the vectorised lane loop.
 fn corr_row(rows: &[f32], pitch: usize, w: &[f32], k: usize, s: usize, bias: f32, out: &mut [f32]) {
+    match (k, s) {
+        (3, 1) => return corr_row_fixed::<3>(rows, pitch, w, bias, out),
+        (5, 1) => return corr_row_fixed::<5>(rows, pitch, w, bias, out),
+        _ => {}
+    }
     for (qc, chunk) in out.chunks_mut(L).enumerate() {
         let q = qc * L;
         let mut acc = [bias; L];
@@ -84,6 +89,29 @@ fn corr_row(rows: &[f32], pitch: usize, w: &[f32], k: usize, s: usize, bias: f32
             }
         }
         chunk.copy_from_slice(&acc[..chunk.len()]);
+    }
+}
+
+/// `corr_row` for a compile-time k and stride 1: the tap loops unroll, the row slices have
+/// provable lengths, and LLVM vectorises the loop over outputs with no per-tap overhead.
+fn corr_row_fixed<const K: usize>(
+    rows: &[f32],
+    pitch: usize,
+    w: &[f32],
+    bias: f32,
+    out: &mut [f32],
+) {
+    let n = out.len();
+    let w: [[f32; K]; K] = std::array::from_fn(|i| std::array::from_fn(|j| w[i * K + j]));
+    let r: [&[f32]; K] = std::array::from_fn(|i| &rows[i * pitch..i * pitch + n + K - 1]);
+    for (q, o) in out.iter_mut().enumerate() {
+        let mut acc = bias;
+        for i in 0..K {
+            for j in 0..K {
+                acc += w[i][j] * r[i][q + j];
+            }
+        }
+        *o = acc;
     }
 }
 
@@ -141,10 +169,29 @@ fn backward_input_plane(dy: &[f32], w: &[f32], dx: &mut [f32], d: &Dims, buf: &m
     }
 }
 
+/// Weight gradient of channels `c0..c0+nc` (into `dw`, `nc·k²` floats), one channel at a time.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_weight_block(
+    x: &[f32],
+    dy: &[f32],
+    c0: usize,
+    nc: usize,
+    nch: usize,
+    n: usize,
+    d: &Dims,
+    dw: &mut [f32],
+    buf: &mut [f32],
+) {
+    let k2 = d.k * d.k;
+    for (cc, dwc) in dw.chunks_exact_mut(k2).take(nc).enumerate() {
+        backward_weight_channel(x, dy, c0 + cc, nch, n, d, dwc, buf);
+    }
+}
+
 /// Weight gradient of one channel, summed over the `n` images: `x` and `dy` are the whole
 /// tensors, the channel's planes are `(img·nch + c)`.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn backward_weight_channel(
+fn backward_weight_channel(
     x: &[f32],
     dy: &[f32],
     c: usize,
