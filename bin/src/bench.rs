@@ -6,9 +6,9 @@
 use std::time::Instant;
 
 use clap::{Args, Subcommand};
+use crate::args::ArchArgs;
 use depthshrink_autograd::{Var, ops};
 use depthshrink_nn::Ctx;
-use depthshrink_nn::arch::ArchConfig;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module;
 use depthshrink_nn::optim::{Optimizer, Sgd, SgdConfig};
@@ -31,18 +31,8 @@ pub enum BenchCommand {
 /// The network a model benchmark runs.
 #[derive(Args)]
 pub struct ModelArgs {
-    /// Network family.
-    #[arg(long, value_enum, default_value = "mobilenet_v2")]
-    model: ModelName,
-    /// Channel width multiplier.
-    #[arg(long, default_value_t = 1.0)]
-    width: f32,
-    /// CIFAR layout (32×32 inputs, stem stride 1) instead of ImageNet's.
-    #[arg(long)]
-    cifar: bool,
-    /// Number of classes of the classifier.
-    #[arg(long, default_value_t = 1000)]
-    num_classes: usize,
+    #[command(flatten)]
+    arch: ArchArgs,
     /// Images per batch.
     #[arg(long, default_value_t = 32)]
     batch: usize,
@@ -303,28 +293,6 @@ fn kernels(args: &KernelArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Network families the CLI can build.
-#[derive(Clone, Copy, clap::ValueEnum)]
-pub enum ModelName {
-    #[value(name = "mobilenet_v2")]
-    MobilenetV2,
-    #[value(name = "efficientnet_lite0")]
-    EfficientnetLite0,
-}
-
-impl ModelArgs {
-    pub fn arch(&self) -> ArchConfig {
-        match self.model {
-            ModelName::MobilenetV2 => {
-                ArchConfig::mobilenet_v2(self.width, self.num_classes, self.cifar)
-            }
-            ModelName::EfficientnetLite0 => {
-                ArchConfig::efficientnet_lite0(self.num_classes, self.cifar)
-            }
-        }
-    }
-}
-
 /// One line of `bench train|infer --json`.
 #[derive(Serialize)]
 struct ModelRecord {
@@ -342,13 +310,13 @@ fn model_bench(args: &ModelArgs, res: Option<usize>, train: bool) -> Result<(), 
     if args.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    let res = res.unwrap_or(if args.cifar { 32 } else { 224 });
-    let arch = args.arch();
+    let res = res.unwrap_or(if args.arch.cifar { 32 } else { 224 });
+    let arch = args.arch.arch()?;
     let mut net = MobileNet::new(&arch, 0);
     let mut rng = StdRng::seed_from_u64(0);
     let x = Var::constant(random_tensor(&mut rng, &[args.batch, 3, res, res]));
     let labels: Vec<usize> = (0..args.batch)
-        .map(|_| rng.random_range(0..args.num_classes))
+        .map(|_| rng.random_range(0..arch.num_classes))
         .collect();
     let err = |e: depthshrink_tensor::TensorError| e.to_string();
     let ms = if train {

@@ -79,6 +79,8 @@ pub enum CheckpointError {
         name: String,
         dtype: Dtype,
     },
+    #[error("checkpoint {path}: {detail}")]
+    Architecture { path: PathBuf, detail: String },
     #[error("checkpoint {path}: tensor name `{name}` appears twice")]
     DuplicateName { path: PathBuf, name: String },
     #[error("checkpoint {path}: tensor `{name}` has values outside the {dtype:?} range")]

@@ -1,0 +1,105 @@
+//! Arguments shared by several subcommands.
+
+use std::path::Path;
+
+use clap::Args;
+use depthshrink_nn::arch::ArchConfig;
+use depthshrink_nn::checkpoint;
+use depthshrink_nn::mobilenet::MobileNet;
+
+/// Network families the CLI can build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ModelName {
+    #[value(name = "mobilenet_v2")]
+    MobilenetV2,
+    #[value(name = "efficientnet_lite0")]
+    EfficientnetLite0,
+}
+
+/// The architecture flags. Files written by depthshrink carry their architecture, which then
+/// takes precedence; the flags describe files that do not (e.g. torchvision exports).
+#[derive(Args, Clone, Debug)]
+pub struct ArchArgs {
+    /// Network family.
+    #[arg(long, value_enum, default_value = "mobilenet_v2")]
+    pub model: ModelName,
+    /// Channel width multiplier (MobileNetV2).
+    #[arg(long, default_value_t = 1.0)]
+    pub width: f32,
+    /// Number of classes of the classifier [default: 10 with --cifar, else 1000].
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// CIFAR layout (32×32 inputs: stem and first stride-2 stage at stride 1).
+    #[arg(long)]
+    pub cifar: bool,
+}
+
+impl ArchArgs {
+    pub fn arch(&self) -> Result<ArchConfig, String> {
+        if !(self.width > 0.0 && self.width.is_finite()) {
+            return Err(format!("--width must be a positive number, got {}", self.width));
+        }
+        let classes = self.num_classes.unwrap_or(if self.cifar { 10 } else { 1000 });
+        if classes == 0 {
+            return Err("--num-classes must be at least 1".into());
+        }
+        Ok(match self.model {
+            ModelName::MobilenetV2 => ArchConfig::mobilenet_v2(self.width, classes, self.cifar),
+            ModelName::EfficientnetLite0 => ArchConfig::efficientnet_lite0(classes, self.cifar),
+        })
+    }
+}
+
+/// Loads a network from a weights file (architecture from its metadata, else from `arch`),
+/// then removes the activations a `--keep` list drops.
+pub fn load_model(weights: &Path, arch: &ArchArgs, keep: Option<&str>) -> Result<MobileNet, String> {
+    let ckpt = checkpoint::load(weights).map_err(|e| e.to_string())?;
+    let mut net = MobileNet::from_checkpoint(&ckpt, Some(&arch.arch()?)).map_err(|e| e.to_string())?;
+    if let Some(keep) = keep {
+        let keep = parse_keep(keep)?;
+        net.apply_keep(&keep).map_err(|e| format!("--keep: {e}"))?;
+    }
+    Ok(net)
+}
+
+/// A keep list: comma-separated 0/1 in activation-index order (1 = keep), or a file holding
+/// such a list, a JSON array of 0/1, or a JSON object with a `keep` array.
+pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
+    let text = if Path::new(arg).is_file() {
+        std::fs::read_to_string(arg).map_err(|e| format!("--keep: cannot read {arg}: {e}"))?
+    } else {
+        arg.to_string()
+    };
+    let trimmed = text.trim();
+    let bits: Vec<u64> = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+        let v: serde_json::Value = serde_json::from_str(trimmed).map_err(|e| format!("--keep: {arg} is not valid JSON: {e}"))?;
+        let list = v.get("keep").unwrap_or(&v);
+        serde_json::from_value(list.clone()).map_err(|_| format!("--keep: {arg} holds no list of 0/1"))?
+    } else {
+        trimmed
+            .split(',')
+            .map(|b| b.trim().parse::<u64>().map_err(|_| format!("--keep: `{b}` is not 0 or 1 (expected e.g. 1,0,0,1,…)")))
+            .collect::<Result<_, _>>()?
+    };
+    bits.into_iter()
+        .map(|b| match b {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(format!("--keep: {b} is not 0 or 1")),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keep_lists_parse_from_text_and_json() {
+        assert_eq!(parse_keep("1,0, 1").unwrap(), [true, false, true]);
+        assert_eq!(parse_keep("[0,1]").unwrap(), [false, true]);
+        assert_eq!(parse_keep(r#"{"keep": [1]}"#).unwrap(), [true]);
+        assert!(parse_keep("1,2").unwrap_err().contains("2 is not 0 or 1"));
+        assert!(parse_keep("1,x").unwrap_err().contains("`x`"));
+    }
+}
