@@ -1,6 +1,7 @@
 //! Measures the training loader: `cargo run --release -p depthshrink-data --example
 //! loader_throughput -- [DIR] [--batch N] [--inspect]` (DIR defaults to the synthetic set).
-//! Prints images/s for an uncached epoch and for a cached loader's first and second epochs.
+//! Prints images/s for an uncached epoch and for a cached loader's first and second epochs, and
+//! the process CPU time per image, which says what two idle cores would reach on a busy machine.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,13 +39,20 @@ fn main() -> Result<()> {
             started.elapsed().as_secs_f64()
         );
     }
-    let epoch = |loader: &Loader, epoch: u64| -> Result<f64> {
-        let started = Instant::now();
+    let epoch = |loader: &Loader, epoch: u64| -> Result<String> {
+        let (started, cpu) = (Instant::now(), cpu_seconds());
         let mut images = 0;
         for b in loader.epoch(epoch) {
             images += b?.labels.len();
         }
-        Ok(images as f64 / started.elapsed().as_secs_f64())
+        let per_s = images as f64 / started.elapsed().as_secs_f64();
+        let cpu_us = cpu_seconds()
+            .zip(cpu)
+            .map(|(b, a)| (b - a) * 1e6 / images as f64);
+        Ok(match cpu_us {
+            Some(us) => format!("{per_s:8.0} img/s ({us:5.1} CPU µs/img)"),
+            None => format!("{per_s:8.0} img/s"),
+        })
     };
     for cache in [false, true] {
         let config = LoaderConfig {
@@ -59,10 +67,19 @@ fn main() -> Result<()> {
         let first = epoch(&loader, 0)?;
         if cache {
             let second = epoch(&loader, 1)?;
-            println!("cache on:  epoch 0 {first:8.0} img/s (decoding), epoch 1 {second:8.0} img/s");
+            println!("cache on:  epoch 0 {first} (decoding), epoch 1 {second}");
         } else {
-            println!("cache off: epoch 0 {first:8.0} img/s");
+            println!("cache off: epoch 0 {first}");
         }
     }
     Ok(())
+}
+
+/// User + system CPU time of this process, from `/proc/self/stat` (Linux; 10 ms ticks).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }

@@ -91,7 +91,7 @@ pub(crate) fn class_dirs(dir: &Path) -> Result<Vec<String>> {
     let mut names = Vec::new();
     for entry in read_dir(dir)? {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && entry.path().is_dir() {
+        if !name.starts_with('.') && file_type(&entry).is_some_and(|t| t.is_dir()) {
             names.push(name);
         }
     }
@@ -100,17 +100,30 @@ pub(crate) fn class_dirs(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn image_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = read_dir(dir)?
+    // Sorting bare names is much cheaper than comparing whole paths component by component.
+    let mut names: Vec<std::ffi::OsString> = read_dir(dir)?
         .into_iter()
-        .map(|entry| entry.path())
-        .filter(|path| {
+        .filter(|entry| {
+            let path = entry.path();
             let ext = path.extension().and_then(|e| e.to_str());
             ext.is_some_and(|e| ["jpg", "jpeg", "png"].contains(&e.to_ascii_lowercase().as_str()))
-                && path.is_file()
+                && file_type(entry).is_some_and(|t| t.is_file())
         })
+        .map(|entry| entry.file_name())
         .collect();
-    files.sort();
-    Ok(files)
+    names.sort();
+    Ok(names.into_iter().map(|name| dir.join(name)).collect())
+}
+
+/// The entry's type, following symlinks, without a `stat` call for plain entries (listing
+/// ImageNet's 1.28 M files should not cost 1.28 M system calls).
+fn file_type(entry: &std::fs::DirEntry) -> Option<std::fs::FileType> {
+    let t = entry.file_type().ok()?;
+    if t.is_symlink() {
+        std::fs::metadata(entry.path()).ok().map(|m| m.file_type())
+    } else {
+        Some(t)
+    }
 }
 
 fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {

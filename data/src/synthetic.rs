@@ -138,10 +138,21 @@ impl Frame {
     }
 }
 
+/// Euclidean length; `f32::hypot` guards against overflow that pixel coordinates never reach,
+/// and costs a third of the generation time.
+fn norm(x: f32, y: f32) -> f32 {
+    (x * x + y * y).sqrt()
+}
+
+/// The fractional part towards −∞ (`rem_euclid(1.0)` without its slow `fmod`).
+fn fract(x: f32) -> f32 {
+    x - x.floor()
+}
+
 /// Signed distance to an axis-aligned box of half-sizes (hx, hy) centred at the origin.
 fn sd_box(x: f32, y: f32, hx: f32, hy: f32) -> f32 {
     let (dx, dy) = (x.abs() - hx, y.abs() - hy);
-    dx.max(0.0).hypot(dy.max(0.0)) + dx.max(dy).min(0.0)
+    norm(dx.max(0.0), dy.max(0.0)) + dx.max(dy).min(0.0)
 }
 
 /// Signed distance to an equilateral triangle of half-side `r` centred at the origin.
@@ -152,12 +163,12 @@ fn sd_triangle(x: f32, y: f32, r: f32) -> f32 {
         (px, py) = ((px - k * py) / 2.0, (-k * px - py) / 2.0);
     }
     px -= px.clamp(-2.0 * r, 0.0);
-    -px.hypot(py) * py.signum()
+    -norm(px, py) * py.signum()
 }
 
 /// Signed distance to the nearest of the stripes of width period/2 along one axis.
 fn sd_stripes(u: f32, period: f32) -> f32 {
-    ((u / period).rem_euclid(1.0) - 0.5).abs() * period - period / 4.0
+    (fract(u / period) - 0.5).abs() * period - period / 4.0
 }
 
 /// Anti-aliased coverage from a signed distance in pixels.
@@ -173,7 +184,7 @@ fn shape(class: usize, rng: &mut impl Rng) -> Box<dyn Fn(f32, f32) -> f32> {
             let f = Frame::random(rng, r * 0.7);
             Box::new(move |x, y| {
                 let (u, v) = f.local(x, y);
-                coverage(u.hypot(v) - r)
+                coverage(norm(u, v) - r)
             })
         }
         1 => {
@@ -182,7 +193,7 @@ fn shape(class: usize, rng: &mut impl Rng) -> Box<dyn Fn(f32, f32) -> f32> {
             let f = Frame::random(rng, r * 0.7);
             Box::new(move |x, y| {
                 let (u, v) = f.local(x, y);
-                coverage((u.hypot(v) - r).abs() - t / 2.0)
+                coverage((norm(u, v) - r).abs() - t / 2.0)
             })
         }
         2 => {
@@ -226,7 +237,7 @@ fn shape(class: usize, rng: &mut impl Rng) -> Box<dyn Fn(f32, f32) -> f32> {
             let f = Frame::random(rng, outer * 0.6);
             Box::new(move |x, y| {
                 let (u, v) = f.local(x, y);
-                let d = u.hypot(v);
+                let d = norm(u, v);
                 coverage(sd_stripes(d, period).max(d - outer))
             })
         }
@@ -254,9 +265,9 @@ fn texture(class: usize, rng: &mut impl Rng) -> Box<dyn Fn(f32, f32) -> f32> {
                 a * (1.0 - b) + b * (1.0 - a)
             }
             _ => {
-                let cu = ((u / period).rem_euclid(1.0) - 0.5) * period;
-                let cv = ((v / period).rem_euclid(1.0) - 0.5) * period;
-                coverage(cu.hypot(cv) - dot)
+                let cu = (fract(u / period) - 0.5) * period;
+                let cv = (fract(v / period) - 0.5) * period;
+                coverage(norm(cu, cv) - dot)
             }
         };
         inside * texture
@@ -270,7 +281,7 @@ fn distractor(rng: &mut impl Rng) -> Box<dyn Fn(f32, f32) -> f32> {
         let r = uniform(rng, 0.8, 2.0);
         Box::new(move |x, y| {
             let (u, v) = f.local(x, y);
-            coverage(u.hypot(v) - r)
+            coverage(norm(u, v) - r)
         })
     } else {
         let l = uniform(rng, 2.0, 5.0);
@@ -343,7 +354,7 @@ fn render(class: usize, rng: &mut impl Rng) -> Result<Image> {
         .map(|v| {
             // Triangular noise (sum of two uniforms) has the target std and is cheap.
             let n = (rng.random::<f32>() + rng.random::<f32>() - 1.0) * noise;
-            ((v + n).clamp(0.0, 1.0) * 255.0).round() as u8
+            ((v + n).clamp(0.0, 1.0) * 255.0 + 0.5) as u8
         })
         .collect();
     Image::new(SIDE, SIDE, data)
