@@ -416,7 +416,7 @@ impl Drop for Epoch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testutil::Fake;
+    use crate::testutil::{Fake, TempDir, write_folder};
     use crate::transform::{RandomCrop, TransformConfig};
     use std::time::{Duration, Instant};
 
@@ -610,6 +610,35 @@ mod tests {
         let log = loader.skipped();
         assert_eq!(log.len(), 6);
         assert!(log[0].reason.contains("fake/3.jpg"));
+    }
+
+    #[test]
+    fn corrupt_files_in_a_folder_fail_or_are_skipped_by_path() {
+        let dir = TempDir::new("loader-corrupt");
+        write_folder(dir.path(), "train", &["a", "b"], 4, 32);
+        let corrupt = dir.path().join("train/b/001.jpg");
+        std::fs::write(&corrupt, b"\xff\xd8 not really").unwrap();
+        let folder: Arc<dyn Dataset> =
+            Arc::new(crate::folder::ImageFolder::open(&dir.path().join("train")).unwrap());
+        let transform = || Transform::new(TransformConfig::cifar_train()).unwrap();
+        let strict = Loader::new(folder.clone(), transform(), LoaderConfig::new(3)).unwrap();
+        let err = strict.epoch(0).find_map(|b| b.err()).unwrap();
+        assert!(
+            err.to_string().contains(&corrupt.display().to_string()),
+            "{err}"
+        );
+
+        let config = LoaderConfig {
+            skip_bad: true,
+            ..LoaderConfig::new(3)
+        };
+        let lenient = Loader::new(folder, transform(), config).unwrap();
+        let batches = collect(lenient.epoch(0));
+        assert_eq!(batches.iter().map(|b| b.labels.len()).sum::<usize>(), 7);
+        let skipped = lenient.skipped();
+        assert_eq!(skipped.len(), 1);
+        assert_eq!(skipped[0].index, 5);
+        assert!(skipped[0].reason.contains("001.jpg"));
     }
 
     #[test]

@@ -8,19 +8,19 @@
 //!
 //! | label | family | what varies |
 //! |---|---|---|
-//! | 0 `disc` | filled circle | radius 4–10 |
+//! | 0 `disc` | filled circle | radius 5–11 |
 //! | 1 `ring` | circle outline | radius 5–11, line 1.5–3 px |
-//! | 2 `square` | filled square | half-side 3.5–8, any rotation |
+//! | 2 `square` | filled square | half-side 4.5–9, any rotation |
 //! | 3 `triangle` | filled equilateral triangle | size, any rotation |
 //! | 4 `cross` | two perpendicular bars (+ or ×) | arm length and width, rotation |
-//! | 5 `bar` | one thick bar | length 2.5–5× its width, rotation |
+//! | 5 `bar` | one thick bar | 4–7 px wide, 2.5–4.5× as long, rotation |
 //! | 6 `stripes` | parallel stripes in a patch | period 4–8, orientation, patch |
 //! | 7 `checker` | checkerboard in a patch | cell size, rotation, patch |
 //! | 8 `dots` | lattice of dots in a patch | spacing, dot radius, rotation |
 //! | 9 `bullseye` | concentric rings | ring period, outer radius |
 //!
 //! Calibration (a 3-conv-layer CNN, 16/32/64 channels, SGD with one-cycle LR, pad-crop + flip,
-//! batch 64): test accuracy ≈ 15% after 1 epoch, ≈ 40–55% after 5, ≈ 80% after 12. Colour
+//! batch 64): test accuracy ≈ 15% after 1 epoch, ≈ 40% after 5, ≈ 80% after 12. Colour
 //! statistics alone are useless (a linear model stays near chance); the textures and outlines
 //! are learnt first, the filled shapes (disc / square / triangle / bar) stay the most confused.
 //!
