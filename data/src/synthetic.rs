@@ -20,7 +20,7 @@
 //! | 9 `bullseye` | concentric rings | ring period, outer radius |
 //!
 //! Calibration (a 3-conv-layer CNN, 16/32/64 channels, SGD with one-cycle LR, pad-crop + flip,
-//! batch 64): test accuracy ≈ 15% after 1 epoch, ≈ 40% after 5, ≈ 80% after 12. Colour
+//! batch 64): test accuracy ≈ 15% after 1 epoch, 40–50% after 5, ≈ 80% after 12. Colour
 //! statistics alone are useless (a linear model stays near chance); the textures and outlines
 //! are learnt first, the filled shapes (disc / square / triangle / bar) stay the most confused.
 //!
