@@ -1,0 +1,99 @@
+use crate::error::{DataError, Result};
+
+/// A decoded RGB image, row-major HWC with 8-bit channels.
+///
+/// Datasets hand out u8 HWC because that is what decoders produce and what the in-memory cache
+/// stores (CIFAR-10 train fits in ~150 MB); conversion to normalised CHW f32 happens in the
+/// transform, once per sample and epoch. Grey and RGBA sources are converted to RGB.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Image {
+    width: usize,
+    height: usize,
+    data: Vec<u8>,
+}
+
+impl Image {
+    /// Wraps `width × height × 3` bytes, checking the length.
+    pub fn new(width: usize, height: usize, data: Vec<u8>) -> Result<Image> {
+        if data.len() != width * height * 3 {
+            return Err(DataError::Config(format!(
+                "a {width}×{height} RGB image needs {} bytes, got {}",
+                width * height * 3,
+                data.len()
+            )));
+        }
+        Ok(Image {
+            width,
+            height,
+            data,
+        })
+    }
+
+    /// An all-black image.
+    pub fn zeros(width: usize, height: usize) -> Image {
+        Image {
+            width,
+            height,
+            data: vec![0; width * height * 3],
+        }
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    /// The HWC bytes.
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.data
+    }
+
+    pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
+        let i = (y * self.width + x) * 3;
+        [self.data[i], self.data[i + 1], self.data[i + 2]]
+    }
+}
+
+/// One labelled image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    pub image: Image,
+    pub label: usize,
+}
+
+/// A random-access labelled image collection (one split of a data set).
+///
+/// `get` may do I/O and decoding, so it returns `Result`; it must be callable from many threads
+/// at once, which is how the loader decodes in parallel.
+pub trait Dataset: Send + Sync {
+    fn len(&self) -> usize;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Decodes sample `index`.
+    fn get(&self, index: usize) -> Result<Sample>;
+
+    /// The label of sample `index` without decoding its image (for class counts).
+    fn label(&self, index: usize) -> Result<usize>;
+
+    /// Class names; labels index into this list.
+    fn class_names(&self) -> &[String];
+}
+
+/// The error for an index past the end, shared by the implementations.
+pub(crate) fn check_index(index: usize, len: usize) -> Result<()> {
+    if index < len {
+        Ok(())
+    } else {
+        Err(DataError::Index { index, len })
+    }
+}
