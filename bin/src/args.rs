@@ -37,9 +37,14 @@ pub struct ArchArgs {
 impl ArchArgs {
     pub fn arch(&self) -> Result<ArchConfig, String> {
         if !(self.width > 0.0 && self.width.is_finite()) {
-            return Err(format!("--width must be a positive number, got {}", self.width));
+            return Err(format!(
+                "--width must be a positive number, got {}",
+                self.width
+            ));
         }
-        let classes = self.num_classes.unwrap_or(if self.cifar { 10 } else { 1000 });
+        let classes = self
+            .num_classes
+            .unwrap_or(if self.cifar { 10 } else { 1000 });
         if classes == 0 {
             return Err("--num-classes must be at least 1".into());
         }
@@ -52,9 +57,14 @@ impl ArchArgs {
 
 /// Loads a network from a weights file (architecture from its metadata, else from `arch`),
 /// then removes the activations a `--keep` list drops.
-pub fn load_model(weights: &Path, arch: &ArchArgs, keep: Option<&str>) -> Result<MobileNet, String> {
+pub fn load_model(
+    weights: &Path,
+    arch: &ArchArgs,
+    keep: Option<&str>,
+) -> Result<MobileNet, String> {
     let ckpt = checkpoint::load(weights).map_err(|e| e.to_string())?;
-    let mut net = MobileNet::from_checkpoint(&ckpt, Some(&arch.arch()?)).map_err(|e| e.to_string())?;
+    let mut net =
+        MobileNet::from_checkpoint(&ckpt, Some(&arch.arch()?)).map_err(|e| e.to_string())?;
     if let Some(keep) = keep {
         let keep = parse_keep(keep)?;
         net.apply_keep(&keep).map_err(|e| format!("--keep: {e}"))?;
@@ -72,13 +82,19 @@ pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
     };
     let trimmed = text.trim();
     let bits: Vec<u64> = if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(trimmed).map_err(|e| format!("--keep: {arg} is not valid JSON: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(trimmed)
+            .map_err(|e| format!("--keep: {arg} is not valid JSON: {e}"))?;
         let list = v.get("keep").unwrap_or(&v);
-        serde_json::from_value(list.clone()).map_err(|_| format!("--keep: {arg} holds no list of 0/1"))?
+        serde_json::from_value(list.clone())
+            .map_err(|_| format!("--keep: {arg} holds no list of 0/1"))?
     } else {
         trimmed
             .split(',')
-            .map(|b| b.trim().parse::<u64>().map_err(|_| format!("--keep: `{b}` is not 0 or 1 (expected e.g. 1,0,0,1,…)")))
+            .map(|b| {
+                b.trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("--keep: `{b}` is not 0 or 1 (expected e.g. 1,0,0,1,…)"))
+            })
             .collect::<Result<_, _>>()?
     };
     bits.into_iter()

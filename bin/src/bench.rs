@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
-use clap::{Args, Subcommand};
 use crate::args::ArchArgs;
+use clap::{Args, Subcommand};
 use depthshrink_autograd::{Var, ops};
 use depthshrink_nn::Ctx;
 use depthshrink_nn::mobilenet::MobileNet;

@@ -34,13 +34,29 @@ pub fn run(args: &InferArgs) -> Result<(), String> {
     let inputs = checkpoint::load(&args.input).map_err(|e| e.to_string())?;
     let x = inputs.tensors.get("input").ok_or_else(|| {
         let names: Vec<&str> = inputs.tensors.keys().map(String::as_str).collect();
-        format!("{} has no tensor named `input` (it has: {})", args.input.display(), names.join(", "))
+        format!(
+            "{} has no tensor named `input` (it has: {})",
+            args.input.display(),
+            names.join(", ")
+        )
     })?;
     match x.shape() {
         [_, 3, _, _] => {}
-        s => return Err(format!("{}: `input` must be N×3×H×W, got {s:?}", args.input.display())),
+        s => {
+            return Err(format!(
+                "{}: `input` must be N×3×H×W, got {s:?}",
+                args.input.display()
+            ));
+        }
     }
     let mut net = net.for_inference().map_err(|e| e.to_string())?;
-    let logits = net.forward(&Var::constant(x.clone()), &Ctx::eval()).map_err(|e| format!("{}: {e}", args.input.display()))?;
-    checkpoint::save(&args.output, &[("logits".to_string(), logits.into_value())], &Value::Null).map_err(|e| e.to_string())
+    let logits = net
+        .forward(&Var::constant(x.clone()), &Ctx::eval())
+        .map_err(|e| format!("{}: {e}", args.input.display()))?;
+    checkpoint::save(
+        &args.output,
+        &[("logits".to_string(), logits.into_value())],
+        &Value::Null,
+    )
+    .map_err(|e| e.to_string())
 }

@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod data;
 mod infer;
 
 use std::process::ExitCode;
@@ -30,6 +31,9 @@ enum Command {
     /// Time kernels, training steps or inference against their targets.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Inspect a dataset directory (or the built-in synthetic set).
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
     Infer(infer::InferArgs),
 }
@@ -57,6 +61,7 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Infer(args) => infer::run(&args),
+        Command::Data(cmd) => data::run(cmd),
     }
 }
 

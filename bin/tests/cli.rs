@@ -16,7 +16,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn depthshrink(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_depthshrink")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_depthshrink"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
 fn stderr(o: &Output) -> String {
@@ -24,7 +27,12 @@ fn stderr(o: &Output) -> String {
 }
 
 fn fixture(name: &str) -> checkpoint::Checkpoint {
-    checkpoint::load(Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)).unwrap()
+    checkpoint::load(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
 }
 
 /// The torchvision weights of the forward fixture as a plain state_dict file (no metadata),
@@ -39,7 +47,12 @@ fn torchvision_files(dir: &Path) -> (PathBuf, PathBuf, Tensor) {
         .collect();
     let (w, x) = (dir.join("tv.safetensors"), dir.join("x.safetensors"));
     checkpoint::save(&w, &weights, &Value::Null).unwrap();
-    checkpoint::save(&x, &[("input".into(), f.tensors["input"].clone())], &Value::Null).unwrap();
+    checkpoint::save(
+        &x,
+        &[("input".into(), f.tensors["input"].clone())],
+        &Value::Null,
+    )
+    .unwrap();
     (w, x, f.tensors["logits"].clone())
 }
 
@@ -48,12 +61,29 @@ fn infer_on_a_torchvision_export_reproduces_pytorch_logits() {
     let dir = scratch("infer");
     let (w, x, want) = torchvision_files(&dir);
     let y = dir.join("y.safetensors");
-    let out = depthshrink(&["infer", "--weights", w.to_str().unwrap(), "--width", "0.5", "--num-classes", "10", "--input", x.to_str().unwrap(), "--output", y.to_str().unwrap()]);
+    let out = depthshrink(&[
+        "infer",
+        "--weights",
+        w.to_str().unwrap(),
+        "--width",
+        "0.5",
+        "--num-classes",
+        "10",
+        "--input",
+        x.to_str().unwrap(),
+        "--output",
+        y.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let got = checkpoint::load(&y).unwrap().tensors["logits"].clone();
     assert_eq!(got.shape(), want.shape());
     let scale = want.data().iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = got.data().iter().zip(want.data()).fold(0f32, |m, (a, b)| m.max((a - b).abs())) / scale;
+    let err = got
+        .data()
+        .iter()
+        .zip(want.data())
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale;
     assert!(err < 1e-4, "relative error {err}");
 }
 
@@ -62,29 +92,90 @@ fn bad_inputs_fail_with_a_message_naming_the_problem() {
     let dir = scratch("bad");
     let (w, x, _) = torchvision_files(&dir);
     let y = dir.join("y.safetensors");
-    let (w, x, y) = (w.to_str().unwrap(), x.to_str().unwrap(), y.to_str().unwrap());
+    let (w, x, y) = (
+        w.to_str().unwrap(),
+        x.to_str().unwrap(),
+        y.to_str().unwrap(),
+    );
 
     // A width that does not fit the weights: every mismatch named.
-    let out = depthshrink(&["infer", "--weights", w, "--width", "1.0", "--num-classes", "10", "--input", x, "--output", y]);
+    let out = depthshrink(&[
+        "infer",
+        "--weights",
+        w,
+        "--width",
+        "1.0",
+        "--num-classes",
+        "10",
+        "--input",
+        x,
+        "--output",
+        y,
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("shape mismatch: features.0.0.weight"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("shape mismatch: features.0.0.weight"),
+        "{}",
+        stderr(&out)
+    );
 
     // A truncated weights file.
     let bytes = std::fs::read(w).unwrap();
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let out = depthshrink(&["infer", "--weights", truncated.to_str().unwrap(), "--width", "0.5", "--num-classes", "10", "--input", x, "--output", y]);
+    let out = depthshrink(&[
+        "infer",
+        "--weights",
+        truncated.to_str().unwrap(),
+        "--width",
+        "0.5",
+        "--num-classes",
+        "10",
+        "--input",
+        x,
+        "--output",
+        y,
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("truncated.safetensors"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("truncated.safetensors"),
+        "{}",
+        stderr(&out)
+    );
 
     // An input file without an `input` tensor.
-    let out = depthshrink(&["infer", "--weights", w, "--width", "0.5", "--num-classes", "10", "--input", w, "--output", y]);
+    let out = depthshrink(&[
+        "infer",
+        "--weights",
+        w,
+        "--width",
+        "0.5",
+        "--num-classes",
+        "10",
+        "--input",
+        w,
+        "--output",
+        y,
+    ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no tensor named `input`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no tensor named `input`"),
+        "{}",
+        stderr(&out)
+    );
 
     // Weights without metadata and no way to know the architecture is fine (flags default),
     // but a bad flag value is reported by name.
-    let out = depthshrink(&["infer", "--weights", w, "--width=-1", "--input", x, "--output", y]);
+    let out = depthshrink(&[
+        "infer",
+        "--weights",
+        w,
+        "--width=-1",
+        "--input",
+        x,
+        "--output",
+        y,
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--width"), "{}", stderr(&out));
 

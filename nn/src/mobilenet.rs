@@ -10,8 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::activation::Act;
-use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions};
 use crate::arch::{ArchConfig, BlockSpec, NetSpec};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions};
 use crate::layers::{Conv2d, ConvBn, Linear};
 use crate::module::{Ctx, Entry, Module, join};
 
@@ -249,8 +249,14 @@ impl MobileNet {
     /// Builds the network a checkpoint holds and loads its weights. The architecture comes from
     /// the file's metadata, or from `fallback` for files without any (torchvision exports).
     /// Every missing, unexpected or mis-shaped tensor is reported by name.
-    pub fn from_checkpoint(ckpt: &Checkpoint, fallback: Option<&ArchConfig>) -> std::result::Result<MobileNet, CheckpointError> {
-        let bad = |detail: String| CheckpointError::Architecture { path: ckpt.path.clone(), detail };
+    pub fn from_checkpoint(
+        ckpt: &Checkpoint,
+        fallback: Option<&ArchConfig>,
+    ) -> std::result::Result<MobileNet, CheckpointError> {
+        let bad = |detail: String| CheckpointError::Architecture {
+            path: ckpt.path.clone(),
+            detail,
+        };
         let arch = match ckpt.metadata.get("arch") {
             Some(a) => serde_json::from_value::<ArchConfig>(a.clone()).map_err(|e| bad(format!("invalid `arch` metadata: {e}")))?,
             None => fallback.cloned().ok_or_else(|| {
@@ -259,10 +265,14 @@ impl MobileNet {
         };
         let mut net = MobileNet::new(&arch, 0);
         if let Some(v) = ckpt.metadata.get("variant") {
-            let variant: Variant = serde_json::from_value(v.clone()).map_err(|e| bad(format!("invalid `variant` metadata: {e}")))?;
+            let variant: Variant = serde_json::from_value(v.clone())
+                .map_err(|e| bad(format!("invalid `variant` metadata: {e}")))?;
             net.set_variant(&variant).map_err(|e| bad(e.to_string()))?;
         }
-        let opts = LoadOptions { extra_prefixes: vec!["optim.".into()], ..LoadOptions::default() };
+        let opts = LoadOptions {
+            extra_prefixes: vec!["optim.".into()],
+            ..LoadOptions::default()
+        };
         checkpoint::load_into(&mut net, ckpt, &opts)?;
         Ok(net)
     }
@@ -271,14 +281,28 @@ impl MobileNet {
     /// the keep list: the skeleton a merged checkpoint's weights are loaded into.
     pub fn set_variant(&mut self, variant: &Variant) -> Result<()> {
         if variant.merged.len() != self.blocks.len() {
-            return Err(TensorError::argument("set_variant", format!("{} merged flags for {} blocks", variant.merged.len(), self.blocks.len())));
+            return Err(TensorError::argument(
+                "set_variant",
+                format!(
+                    "{} merged flags for {} blocks",
+                    variant.merged.len(),
+                    self.blocks.len()
+                ),
+            ));
         }
         for (i, block) in self.blocks.iter_mut().enumerate() {
             if variant.merged[i] {
                 let s = self.spec.blocks[i];
                 let weight = depthshrink_tensor::Tensor::zeros(&[s.cout, s.cin, s.k, s.k]);
-                let conv = merged_conv(weight, depthshrink_tensor::Tensor::zeros(&[s.cout]), s.stride);
-                *block = Block::Merged(MergedBlock { conv, relu6: s.expand });
+                let conv = merged_conv(
+                    weight,
+                    depthshrink_tensor::Tensor::zeros(&[s.cout]),
+                    s.stride,
+                );
+                *block = Block::Merged(MergedBlock {
+                    conv,
+                    relu6: s.expand,
+                });
             }
         }
         self.apply_keep(&variant.keep)
