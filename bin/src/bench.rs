@@ -5,13 +5,16 @@
 
 use std::time::Instant;
 
-use crate::args::ArchArgs;
+use std::path::PathBuf;
+
+use crate::args::{ArchArgs, load_model, parse_keep};
 use clap::{Args, Subcommand};
 use depthshrink_autograd::{Var, ops};
 use depthshrink_nn::Ctx;
-use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_nn::mobilenet::{Block, MobileNet};
 use depthshrink_nn::module;
 use depthshrink_nn::optim::{Optimizer, Sgd, SgdConfig};
+use depthshrink_shrinker::merge::merge_network;
 use depthshrink_tensor::conv::{self, ConvParams};
 use depthshrink_tensor::{Tensor, gemm};
 use rand::rngs::StdRng;
@@ -60,6 +63,15 @@ pub struct InferArgs {
     /// Input resolution (default: 32 with --cifar, else 224).
     #[arg(long)]
     res: Option<usize>,
+    /// Time this network (e.g. a merged file) instead of a freshly initialised one.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Remove these activations first (0/1 per activation index, 1 = keep; pad-first, unmerged).
+    #[arg(long, value_name = "LIST|FILE")]
+    keep: Option<String>,
+    /// Merge the blocks --keep removes before timing (as `depthshrink merge` would).
+    #[arg(long, requires = "keep")]
+    merged: bool,
 }
 
 #[derive(Args)]
@@ -78,8 +90,36 @@ pub struct KernelArgs {
 pub fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Kernels(args) => kernels(&args),
-        BenchCommand::Train(args) => model_bench(&args.model, args.res, true),
-        BenchCommand::Infer(args) => model_bench(&args.model, args.res, false),
+        BenchCommand::Train(args) => {
+            let net = MobileNet::new(&args.model.arch.arch()?, 0);
+            model_bench(net, &args.model, args.res, true)
+        }
+        BenchCommand::Infer(args) => {
+            let net = match &args.weights {
+                Some(w) => load_model(w, &args.model.arch, args.keep.as_deref())?,
+                None => {
+                    let mut net = MobileNet::new(&args.model.arch.arch()?, 0);
+                    if let Some(keep) = &args.keep {
+                        net.apply_keep(&parse_keep(keep)?)
+                            .map_err(|e| format!("--keep: {e}"))?;
+                    }
+                    net
+                }
+            };
+            let net = if args.merged {
+                let keep = net.variant().keep;
+                let merge: Vec<bool> = net
+                    .blocks
+                    .iter()
+                    .zip(&keep[1..])
+                    .map(|(b, &k)| !k && matches!(b, Block::Ir(ir) if ir.expand.is_some()))
+                    .collect();
+                merge_network(&net, &merge).map_err(|e| e.to_string())?
+            } else {
+                net
+            };
+            model_bench(net, &args.model, args.res, false)
+        }
     }
 }
 
@@ -306,13 +346,17 @@ struct ModelRecord {
     peak_rss_mb: f64,
 }
 
-fn model_bench(args: &ModelArgs, res: Option<usize>, train: bool) -> Result<(), String> {
+fn model_bench(
+    mut net: MobileNet,
+    args: &ModelArgs,
+    res: Option<usize>,
+    train: bool,
+) -> Result<(), String> {
     if args.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    let res = res.unwrap_or(if args.arch.cifar { 32 } else { 224 });
-    let arch = args.arch.arch()?;
-    let mut net = MobileNet::new(&arch, 0);
+    let arch = net.arch.clone();
+    let res = res.unwrap_or(if arch.cifar { 32 } else { 224 });
     let mut rng = StdRng::seed_from_u64(0);
     let x = Var::constant(random_tensor(&mut rng, &[args.batch, 3, res, res]));
     let labels: Vec<usize> = (0..args.batch)

@@ -5,6 +5,7 @@ mod args;
 mod bench;
 mod data;
 mod infer;
+mod merge;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ enum Command {
     /// Inspect a dataset directory (or the built-in synthetic set).
     #[command(subcommand)]
     Data(data::DataCommand),
+    /// Stage 3: merge every block whose activations are removed into one dense conv (verified).
+    Merge(merge::MergeArgs),
     /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
     Infer(infer::InferArgs),
 }
@@ -62,6 +65,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Infer(args) => infer::run(&args),
         Command::Data(cmd) => data::run(cmd),
+        Command::Merge(args) => merge::run(&args),
     }
 }
 

@@ -185,3 +185,86 @@ fn bad_inputs_fail_with_a_message_naming_the_problem() {
     assert!(stderr(&out).contains("--wieghts"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("panicked"));
 }
+
+/// A small CIFAR MobileNetV2 with non-trivial BN statistics, saved with its metadata.
+fn random_network(path: &Path) {
+    use depthshrink_nn::arch::ArchConfig;
+    use depthshrink_nn::mobilenet::MobileNet;
+    use depthshrink_nn::{Entry, Module};
+    let mut net = MobileNet::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 5);
+    let mut i = 0u32;
+    net.visit("", &mut |name, entry| {
+        i += 1;
+        let v = 0.75 + 0.5 * ((i as f32) * 0.618).fract();
+        match entry {
+            Entry::Buffer(b) => b
+                .data_mut()
+                .iter_mut()
+                .for_each(|x| *x = if name.ends_with("mean") { v - 0.75 } else { v }),
+            Entry::Param(p) if p.value.ndim() == 1 => {
+                p.value.data_mut().iter_mut().for_each(|x| *x = v - 0.5)
+            }
+            Entry::Param(_) => {}
+        }
+    });
+    let state = depthshrink_nn::module::state_dict(&mut net);
+    checkpoint::save(path, &state, &net.metadata()).unwrap();
+}
+
+#[test]
+fn merged_network_runs_from_its_file_and_matches_the_unmerged_one() {
+    let dir = scratch("merge");
+    let (w, m) = (dir.join("net.safetensors"), dir.join("merged.safetensors"));
+    random_network(&w);
+    let keep = "0,0,0,0,1,1,0,0,0,0,0,0,0,0,1,1,1,1,1";
+    let out = depthshrink(&[
+        "merge",
+        "--weights",
+        w.to_str().unwrap(),
+        "--keep",
+        keep,
+        "--out",
+        m.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("merged 10 of 17 blocks"), "{stdout}");
+
+    let x = dir.join("x.safetensors");
+    // Any 3-channel batch will do; odd spatial size to exercise borders.
+    let input = Tensor::from_vec(
+        &[2, 3, 29, 31],
+        (0..2 * 3 * 29 * 31)
+            .map(|i| ((i as f32) * 0.37).sin())
+            .collect(),
+    )
+    .unwrap();
+    checkpoint::save(&x, &[("input".into(), input)], &Value::Null).unwrap();
+    let logits = |weights: &Path, extra: &[&str]| {
+        let y = dir.join("y.safetensors");
+        let mut args = vec![
+            "infer",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            x.to_str().unwrap(),
+            "--output",
+            y.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = depthshrink(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        checkpoint::load(&y).unwrap().tensors["logits"].clone()
+    };
+    // The merged file needs no flags: its architecture and variant are in its metadata.
+    let merged = logits(&m, &[]);
+    let unmerged = logits(&w, &["--keep", keep]);
+    let scale = unmerged.data().iter().fold(0f32, |a, v| a.max(v.abs()));
+    let err = merged
+        .data()
+        .iter()
+        .zip(unmerged.data())
+        .fold(0f32, |a, (p, q)| a.max((p - q).abs()))
+        / scale;
+    assert!(err < 1e-4, "merged vs unmerged: relative error {err}");
+}

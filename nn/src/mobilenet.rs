@@ -164,7 +164,8 @@ pub enum Block {
 }
 
 impl Block {
-    fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+    /// The block's output for `x`.
+    pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
         match self {
             Block::Ir(b) => b.forward(x, ctx),
             Block::Merged(m) => {

@@ -1,0 +1,65 @@
+//! `depthshrink merge`: stage 3, compile linearised blocks into dense convs, verified.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use depthshrink_nn::checkpoint;
+use depthshrink_nn::mobilenet::Block;
+use depthshrink_nn::module::state_dict;
+use depthshrink_shrinker::merge::{MERGE_TOLERANCE, merge_network, verify};
+
+use crate::args::{ArchArgs, load_model};
+
+#[derive(Args)]
+pub struct MergeArgs {
+    /// Weights of the finetuned (or any) network.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Activations to keep: comma-separated 0/1 per activation index (stem, blocks, head;
+    /// 1 = keep), or a file holding the list. Every block with 0 is merged.
+    #[arg(long, value_name = "LIST|FILE")]
+    keep: String,
+    /// Where to write the merged network (safetensors, architecture in its metadata).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also merge the depthwise-separable first block when its activation is removed (a dense
+    /// 3×3 conv usually costs several times its multiply-adds, so by default it stays unmerged).
+    #[arg(long)]
+    merge_ds: bool,
+    #[command(flatten)]
+    arch: ArchArgs,
+}
+
+pub fn run(args: &MergeArgs) -> Result<(), String> {
+    let net = load_model(&args.weights, &args.arch, Some(&args.keep))?;
+    let keep = net.variant().keep;
+    let merge: Vec<bool> = net
+        .blocks
+        .iter()
+        .zip(&keep[1..])
+        .map(|(b, &k)| !k && matches!(b, Block::Ir(ir) if ir.expand.is_some() || args.merge_ds))
+        .collect();
+    let merged = merge_network(&net, &merge).map_err(|e| e.to_string())?;
+    let res = if net.arch.cifar { 32 } else { 224 };
+    // The native size and an odd one, so borders and odd strides are both checked.
+    let err = verify(&net, &merged, &[(res, res), (res / 2 + 3, res / 2 + 1)], 0)
+        .map_err(|e| e.to_string())?;
+    let count = merge.iter().filter(|&&m| m).count();
+    println!(
+        "merged {count} of {} blocks; verified on random inputs: max abs error {:.2e}, max relative error {:.2e}",
+        merge.len(),
+        err.max_abs,
+        err.max_rel
+    );
+    if err.max_rel > MERGE_TOLERANCE {
+        return Err(format!(
+            "the merged network differs from the unmerged one (relative error {:.2e} > {MERGE_TOLERANCE:e}); nothing written",
+            err.max_rel
+        ));
+    }
+    let mut merged = merged;
+    checkpoint::save(&args.out, &state_dict(&mut merged), &merged.metadata())
+        .map_err(|e| e.to_string())?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}
