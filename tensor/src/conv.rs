@@ -600,52 +600,54 @@ pub fn backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom) {
     }
     let d = Dims::new(g);
     let col_rows = if d.pointwise { 0 } else { d.kc };
-    let tile = d.tile(d.cout_g + if d.pointwise { d.cin_g } else { d.kc }, 1);
-    // dw_g += dy tile · (column tile)ᵀ for every group and tile of one image.
-    let add_image = |img: usize, acc: &mut [f32]| {
-        with_scratch(col_rows * tile, |col| {
+    let rows = d.cout_g + if d.pointwise { d.cin_g } else { d.kc };
+    let tile = d.tile(rows, wanted_tasks().div_ceil(g.n));
+    let tiles = d.ohw.div_ceil(tile);
+    // dw_g += dy tile · (column tile)ᵀ, for every group, over one (image, tile) item.
+    let add_item = |item: usize, acc: &mut [f32]| {
+        let (img, p0) = (item / tiles, item % tiles * tile);
+        let len = tile.min(d.ohw - p0);
+        with_scratch(col_rows * len, |col| {
             for grp in 0..g.groups {
                 let xg = &x[(img * g.cin + grp * d.cin_g) * d.hw..][..d.cin_g * d.hw];
                 let dyg = &dy[(img * g.cout + grp * d.cout_g) * d.ohw..][..d.cout_g * d.ohw];
                 let accg = &mut acc[grp * d.cout_g * d.kc..][..d.cout_g * d.kc];
-                for p0 in (0..d.ohw).step_by(tile) {
-                    let len = tile.min(d.ohw - p0);
-                    prefetch(&dyg[p0..], d.cout_g, len, d.ohw);
-                    let (b, csb) = if d.pointwise {
-                        prefetch(&xg[p0..], d.cin_g, len, d.hw);
-                        (&xg[p0..], d.hw)
-                    } else {
-                        im2col(xg, g, &d, p0 / d.ow, len / d.ow, col);
-                        (&col[..d.kc * len], len)
-                    };
-                    sgemm(
-                        d.cout_g,
-                        len,
-                        d.kc,
-                        1.0,
-                        &dyg[p0..],
-                        d.ohw as isize,
-                        1,
-                        b,
-                        1,
-                        csb as isize,
-                        1.0,
-                        accg,
-                        d.kc as isize,
-                        1,
-                    );
-                }
+                prefetch(&dyg[p0..], d.cout_g, len, d.ohw);
+                let (b, csb) = if d.pointwise {
+                    prefetch(&xg[p0..], d.cin_g, len, d.hw);
+                    (&xg[p0..], d.hw)
+                } else {
+                    im2col(xg, g, &d, p0 / d.ow, len / d.ow, col);
+                    (&*col, len)
+                };
+                sgemm(
+                    d.cout_g,
+                    len,
+                    d.kc,
+                    1.0,
+                    &dyg[p0..],
+                    d.ohw as isize,
+                    1,
+                    b,
+                    1,
+                    csb as isize,
+                    1.0,
+                    accg,
+                    d.kc as isize,
+                    1,
+                );
             }
         })
     };
-    if g.n > 1 && wanted_tasks() > 1 {
+    let items = g.n * tiles;
+    if items > 1 && wanted_tasks() > 1 {
         // One partial sum per rayon split (a handful), reduced pairwise.
-        let sum = (0..g.n)
+        let sum = (0..items)
             .into_par_iter()
             .fold(
                 || vec![0.0; dw.len()],
-                |mut acc, img| {
-                    add_image(img, &mut acc);
+                |mut acc, item| {
+                    add_item(item, &mut acc);
                     acc
                 },
             )
@@ -653,10 +655,10 @@ pub fn backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom) {
                 a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
                 a
             });
-        dw.copy_from_slice(&sum.expect("n > 1 images"));
+        dw.copy_from_slice(&sum.expect("more than one item"));
     } else {
         dw.fill(0.0);
-        (0..g.n).for_each(|img| add_image(img, dw));
+        (0..items).for_each(|item| add_item(item, dw));
     }
 }
 
