@@ -6,8 +6,9 @@
 //!
 //! Parallelism (one level, rayon): forward and input gradient split into independent tasks over
 //! (image, group, output tile or input-channel block), each calling a single-threaded GEMM; the
-//! weight gradient gives each task its own partial sum over a share of the images. Called from
-//! inside a rayon worker, everything runs on that worker.
+//! weight gradient folds (image, tile) items into one partial sum per rayon split. Batch 1 splits
+//! output tiles, so it uses every core too. Called from inside a rayon worker, everything runs on
+//! that worker.
 
 use std::cell::Cell;
 
@@ -267,9 +268,10 @@ impl Dims {
     }
 }
 
-/// How many tasks a split should aim for: none from inside a rayon worker (one level only).
+/// How many tasks a split should aim for: none from inside a rayon worker (one level only) or
+/// with a one-thread pool.
 fn wanted_tasks() -> usize {
-    if rayon::current_thread_index().is_none() {
+    if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
         TASKS_PER_THREAD * rayon::current_num_threads()
     } else {
         1
@@ -325,7 +327,10 @@ pub fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &Co
     let d = Dims::new(g);
     let col_rows = if d.pointwise { 0 } else { d.kc };
     let stream = streams(y.len());
-    let tile = d.tile(col_rows + d.cout_g, wanted_tasks().div_ceil(g.n * g.groups));
+    let tile = d.tile(
+        col_rows + d.cout_g,
+        wanted_tasks().div_ceil((g.n * g.groups).max(1)),
+    );
     let tiles = d.ohw.div_ceil(tile);
     let y = SendPtr::new(y.as_mut_ptr());
     run_tasks(g.n * g.groups * tiles, |t| {
@@ -525,7 +530,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
     if d.pointwise {
         // dx tile = Wᵀ·dy tile: tiles write disjoint blocks, as in the forward pass.
         let stream = streams(dx_len);
-        let tile = d.tile(d.cin_g + d.cout_g, wanted_tasks().div_ceil(planes));
+        let tile = d.tile(d.cin_g + d.cout_g, wanted_tasks().div_ceil(planes.max(1)));
         let tiles = d.ohw.div_ceil(tile);
         run_tasks(planes * tiles, |t| {
             let (plane, p0) = (t / tiles, t % tiles * tile);
@@ -549,7 +554,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
     }
     // Column gradients of neighbouring output rows overlap in dx, so a task owns a block of input
     // channels of one plane (whose column rows touch only those channels) and walks all tiles.
-    let blocks = wanted_tasks().div_ceil(planes).min(d.cin_g);
+    let blocks = wanted_tasks().div_ceil(planes.max(1)).min(d.cin_g);
     let cb = d.cin_g.div_ceil(blocks);
     let blocks = d.cin_g.div_ceil(cb);
     let tile = d.tile(cb * d.kk, 1);
@@ -601,7 +606,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom) {
     let d = Dims::new(g);
     let col_rows = if d.pointwise { 0 } else { d.kc };
     let rows = d.cout_g + if d.pointwise { d.cin_g } else { d.kc };
-    let tile = d.tile(rows, wanted_tasks().div_ceil(g.n));
+    let tile = d.tile(rows, wanted_tasks().div_ceil(g.n.max(1)));
     let tiles = d.ohw.div_ceil(tile);
     // dw_g += dy tile · (column tile)ᵀ, for every group, over one (image, tile) item.
     let add_item = |item: usize, acc: &mut [f32]| {
@@ -989,5 +994,21 @@ mod tests {
             conv2d_backward_weight(&x, &z(&[2, 4, 3, 3]), 3, ConvParams::new(1, 0, 0)).is_err()
         );
         assert!(conv2d_backward_bias(&z(&[2, 4, 3])).is_err());
+    }
+
+    #[test]
+    fn empty_batch_is_fine() {
+        let p = ConvParams::new(1, 1, 1);
+        let (x, w) = (
+            Tensor::zeros(&[0, 3, 5, 5]),
+            Tensor::full(&[2, 3, 3, 3], 1.0),
+        );
+        let y = conv2d(&x, &w, None, p).unwrap();
+        assert_eq!(y.shape(), [0, 2, 5, 5]);
+        let dx = conv2d_backward_input(&y, &w, [0, 3, 5, 5], p).unwrap();
+        assert_eq!(dx.shape(), [0, 3, 5, 5]);
+        let dw = conv2d_backward_weight(&x, &y, 3, p).unwrap();
+        assert_eq!(dw.data(), &[0.0; 54]);
+        assert_eq!(conv2d_backward_bias(&y).unwrap().data(), &[0.0; 2]);
     }
 }
