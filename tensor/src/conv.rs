@@ -150,8 +150,8 @@ const STREAM_MIN: usize = 1 << 22;
 /// does not hold up the whole call.
 const TASKS_PER_THREAD: usize = 4;
 
-/// Output positions below which a tile is not split further just for parallelism: narrower
-/// GEMMs lose more to packing than a second core gains.
+/// Output positions below which a tile is not narrowed, for parallelism or the budget: each
+/// tile's GEMM packs the weight again, and narrower ones lose more to that than they gain.
 const MIN_TILE: usize = 256;
 
 /// y = conv(x, w) + bias, NCHW. Bias, when given, has shape `[cout]`.
@@ -279,16 +279,14 @@ impl Dims {
 
     /// Positions per output tile: whole output rows (or any 16 positions when pointwise), at
     /// most `TILE_BUDGET` floats of per-task buffers holding `rows` values per position, and
-    /// small enough that a plane yields `splits` tiles (down to `MIN_TILE`).
+    /// small enough that a plane yields `splits` tiles; but never below `MIN_TILE` positions,
+    /// where every tile's GEMM would re-pack the whole weight for too little work.
     fn tile(&self, rows: usize, splits: usize) -> usize {
         let unit = if self.pointwise { 16 } else { self.ow };
-        let budget = (TILE_BUDGET / rows.max(1) / unit).max(1) * unit;
-        let split = self
-            .ohw
-            .div_ceil(splits)
-            .max(MIN_TILE)
-            .next_multiple_of(unit);
-        budget.min(split).min(self.ohw).max(1)
+        let budget = TILE_BUDGET / rows.max(1);
+        let split = self.ohw.div_ceil(splits);
+        let len = budget.min(split).max(MIN_TILE);
+        (len / unit).max(1).saturating_mul(unit).min(self.ohw)
     }
 }
 
