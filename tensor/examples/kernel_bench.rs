@@ -71,6 +71,19 @@ fn single_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
         .install(f)
 }
 
+/// (label, m, k, n, A transposed, B transposed): the products conv issues per image.
+const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 9] = [
+    ("pw fwd 24→144 @56²", 144, 24, 3136, false, false),
+    ("pw fwd 144→24 @56²", 24, 144, 3136, false, false),
+    ("pw fwd 576→96 @14²", 96, 576, 196, false, false),
+    ("pw bwd-in 24→144 (Wᵀ·dY)", 24, 144, 3136, true, false),
+    ("pw bwd-in 144→24 (Wᵀ·dY)", 144, 24, 3136, true, false),
+    ("pw bwd-w 24→144 (dY·Xᵀ)", 144, 3136, 24, false, true),
+    ("pw bwd-w 144→24 (dY·Xᵀ)", 24, 3136, 144, false, true),
+    ("pw bwd-w 576→96 (dY·Xᵀ)", 96, 196, 576, false, true),
+    ("im2col 3×3 32→32 @56²", 32, 288, 3136, false, false),
+];
+
 fn bench_gemm(rng: &mut StdRng, filter: &str) {
     let backend = if cfg!(feature = "gemm-crate") {
         "gemm crate"
@@ -98,19 +111,7 @@ fn bench_gemm(rng: &mut StdRng, filter: &str) {
             flop / cpu / 1e9
         );
     }
-    // (label, m, k, n, A transposed, B transposed): the products conv issues per image.
-    let shapes = [
-        ("pw fwd 24→144 @56²", 144, 24, 3136, false, false),
-        ("pw fwd 144→24 @56²", 24, 144, 3136, false, false),
-        ("pw fwd 576→96 @14²", 96, 576, 196, false, false),
-        ("pw bwd-in 24→144 (Wᵀ·dY)", 24, 144, 3136, true, false),
-        ("pw bwd-in 144→24 (Wᵀ·dY)", 144, 24, 3136, true, false),
-        ("pw bwd-w 24→144 (dY·Xᵀ)", 144, 3136, 24, false, true),
-        ("pw bwd-w 144→24 (dY·Xᵀ)", 24, 3136, 144, false, true),
-        ("pw bwd-w 576→96 (dY·Xᵀ)", 96, 196, 576, false, true),
-        ("im2col 3×3 32→32 @56²", 32, 288, 3136, false, false),
-    ];
-    for (label, m, k, n, ta, tb) in shapes {
+    for (label, m, k, n, ta, tb) in GEMM_SHAPES {
         if !label.contains(filter) {
             continue;
         }
@@ -131,6 +132,115 @@ fn bench_gemm(rng: &mut StdRng, filter: &str) {
             flop / t / 1e9,
             flop / cpu / 1e9
         );
+    }
+}
+
+/// Both backends in one process, alternating run by run so that load drifts hit both alike:
+/// per shape, the median over 9 alternations of each backend's per-call time.
+#[cfg(feature = "gemm-crate")]
+fn bench_gemm_ab(rng: &mut StdRng, filter: &str) {
+    type Backend = fn(usize, usize, usize, &[f32], [isize; 2], &[f32], [isize; 2], &mut [f32]);
+    #[allow(clippy::too_many_arguments)]
+    fn mm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        sa: [isize; 2],
+        b: &[f32],
+        sb: [isize; 2],
+        c: &mut [f32],
+    ) {
+        // SAFETY: the bench sizes every buffer for its strides.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                sa[0],
+                sa[1],
+                b.as_ptr(),
+                sb[0],
+                sb[1],
+                0.0,
+                c.as_mut_ptr(),
+                n as isize,
+                1,
+            )
+        }
+    }
+    #[allow(clippy::too_many_arguments)]
+    fn gc(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        sa: [isize; 2],
+        b: &[f32],
+        sb: [isize; 2],
+        c: &mut [f32],
+    ) {
+        // SAFETY: as above; dst = 0·dst + 1·a·b.
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                sa[1],
+                sa[0],
+                b.as_ptr(),
+                sb[1],
+                sb[0],
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        }
+    }
+    let backends: [(&str, Backend); 2] = [("matrixmultiply", mm), ("gemm crate", gc)];
+    println!("single thread, median of 9 alternations: wall GFLOP/s (on-CPU GFLOP/s)");
+    for (label, m, k, n, ta, tb) in GEMM_SHAPES {
+        if !label.contains(filter) {
+            continue;
+        }
+        let (a, b) = (rand_vec(rng, m * k), rand_vec(rng, k * n));
+        let mut c = vec![0.0; m * n];
+        let sa = if ta { [1, m as isize] } else { [k as isize, 1] };
+        let sb = if tb { [1, k as isize] } else { [n as isize, 1] };
+        let mut res = [(vec![], vec![]), (vec![], vec![])];
+        single_thread(|| {
+            for _ in 0..9 {
+                for ((_, f), (wall, cpu)) in backends.iter().zip(&mut res) {
+                    let (t, u) = time(
+                        || f(m, k, n, &a, sa, &b, sb, &mut c),
+                        Duration::from_millis(15),
+                    );
+                    wall.push(t);
+                    cpu.push(u);
+                }
+            }
+        });
+        let flop = 2.0 * (m * k * n) as f64;
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            flop / v[v.len() / 2] / 1e9
+        };
+        let cols: Vec<String> = backends
+            .iter()
+            .zip(&mut res)
+            .map(|((name, _), (wall, cpu))| format!("{name} {:5.1} ({:5.1})", med(wall), med(cpu)))
+            .collect();
+        println!("{label:28} M={m:4} K={k:4} N={n:4}  {}", cols.join(" | "));
     }
 }
 
@@ -236,6 +346,8 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("gemm") => bench_gemm(&mut rng, filter),
         Some("conv") => bench_conv(&mut rng, filter),
-        _ => eprintln!("usage: kernel_bench gemm|conv [label filter]"),
+        #[cfg(feature = "gemm-crate")]
+        Some("gemm-ab") => bench_gemm_ab(&mut rng, filter),
+        _ => eprintln!("usage: kernel_bench gemm|conv|gemm-ab [label filter]"),
     }
 }
