@@ -4,6 +4,7 @@
 mod args;
 mod bench;
 mod data;
+mod flops;
 mod infer;
 mod merge;
 
@@ -37,6 +38,8 @@ enum Command {
     Data(data::DataCommand),
     /// Stage 3: merge every block whose activations are removed into one dense conv (verified).
     Merge(merge::MergeArgs),
+    /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
+    Flops(flops::FlopsArgs),
     /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
     Infer(infer::InferArgs),
 }
@@ -66,6 +69,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Infer(args) => infer::run(&args),
         Command::Data(cmd) => data::run(cmd),
         Command::Merge(args) => merge::run(&args),
+        Command::Flops(args) => flops::run(&args),
     }
 }
 

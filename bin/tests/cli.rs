@@ -268,3 +268,27 @@ fn merged_network_runs_from_its_file_and_matches_the_unmerged_one() {
         / scale;
     assert!(err < 1e-4, "merged vs unmerged: relative error {err}");
 }
+
+#[test]
+fn flops_of_the_official_configs_match_the_paper_table() {
+    let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+    let base = depthshrink(&["flops", "--width", "1.4"]);
+    assert!(String::from_utf8_lossy(&base.stdout).contains("630.15 MFLOPs"));
+    for (name, mflops) in [
+        ("A", "519.44"),
+        ("B", "502.47"),
+        ("C", "492.57"),
+        ("D", "484.25"),
+        ("E", "474.36"),
+        ("F", "415.98"),
+    ] {
+        let path = configs.join(format!("mbv2-140-{name}.toml"));
+        let out = depthshrink(&["flops", "--config", path.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains(&format!("{mflops} MFLOPs")),
+            "config {name}: {stdout}"
+        );
+    }
+}

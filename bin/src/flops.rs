@@ -1,0 +1,78 @@
+//! `depthshrink flops`: multiply-adds and fvcore-convention MFLOPs of a (merged) network.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use depthshrink_nn::arch::ArchConfig;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::args::{ArchArgs, parse_keep};
+
+#[derive(Args)]
+pub struct FlopsArgs {
+    /// Activations kept (0/1 per activation index, 1 = keep); removed IR blocks count as merged.
+    #[arg(long, value_name = "LIST|FILE", conflicts_with = "config")]
+    keep: Option<String>,
+    /// A TOML file with `keep = [...]` and optionally a `[model]` table (e.g. configs/mbv2-140-D.toml).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Input resolution [default: 32 with --cifar, else 224].
+    #[arg(long)]
+    res: Option<usize>,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    arch: ArchArgs,
+}
+
+/// The parts of a config file this command reads; other keys are left to other commands.
+#[derive(Deserialize)]
+struct KeepConfig {
+    keep: Vec<u8>,
+    model: Option<ArchConfig>,
+}
+
+pub fn run(args: &FlopsArgs) -> Result<(), String> {
+    let (arch, keep) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config: cannot read {}: {e}", path.display()))?;
+            let cfg: KeepConfig =
+                toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
+            let keep = cfg.keep.iter().map(|&b| b == 1).collect();
+            (cfg.model.map_or_else(|| args.arch.arch(), Ok)?, Some(keep))
+        }
+        None => (
+            args.arch.arch()?,
+            args.keep.as_deref().map(parse_keep).transpose()?,
+        ),
+    };
+    let spec = arch.spec();
+    let keep = keep.unwrap_or_else(|| vec![true; spec.num_acts()]);
+    if keep.len() != spec.num_acts() {
+        return Err(format!(
+            "the keep list has {} entries; this network has {} activation indices",
+            keep.len(),
+            spec.num_acts()
+        ));
+    }
+    let res = args.res.unwrap_or(if arch.cifar { 32 } else { 224 });
+    let f = spec.flops(res, &keep);
+    let (macs, fvcore) = (f.macs as f64 / 1e6, f.fvcore as f64 / 1e6);
+    if args.json {
+        println!(
+            "{}",
+            json!({"res": res, "params": spec.num_params(), "macs_m": macs, "fvcore_mflops": fvcore, "keep": keep})
+        );
+    } else {
+        let removed = keep.iter().filter(|k| !**k).count();
+        println!(
+            "{res}×{res}, {} activations removed: {macs:.2} M multiply-adds, {fvcore:.2} MFLOPs (fvcore convention), {} parameters unmerged",
+            removed,
+            spec.num_params()
+        );
+    }
+    Ok(())
+}
