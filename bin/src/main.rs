@@ -6,6 +6,7 @@ mod bench;
 mod data;
 mod flops;
 mod infer;
+mod latency;
 mod merge;
 
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
     Flops(flops::FlopsArgs),
+    /// Per-block latency, unmerged vs merged, measured on this machine (JSON for the search).
+    Latency(latency::LatencyArgs),
     /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
     Infer(infer::InferArgs),
 }
@@ -70,6 +73,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Data(cmd) => data::run(cmd),
         Command::Merge(args) => merge::run(&args),
         Command::Flops(args) => flops::run(&args),
+        Command::Latency(args) => latency::run(&args),
     }
 }
 

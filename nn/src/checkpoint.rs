@@ -457,7 +457,7 @@ impl Drop for TempFile {
 
 /// Writes `bytes` to a sibling temp file, fsyncs it, and renames it over `path`: readers see
 /// either the old file or the complete new one, never a prefix.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path does not name a file"))?;

@@ -1,3 +1,5 @@
-//! DepthShrinker's stages on top of the framework: stage 3, the verified merge compiler.
+//! DepthShrinker's stages on top of the framework: on-machine latency tables and stage 3, the
+//! verified merge compiler.
 
+pub mod latency;
 pub mod merge;

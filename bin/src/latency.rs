@@ -1,0 +1,79 @@
+//! `depthshrink latency`: per-block latency table, unmerged vs merged, measured here.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use depthshrink_nn::checkpoint::write_atomic;
+use depthshrink_shrinker::latency::measure;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::args::ArchArgs;
+
+#[derive(Args)]
+pub struct LatencyArgs {
+    #[command(flatten)]
+    arch: ArchArgs,
+    /// Input resolution [default: 32 with --cifar, else 224].
+    #[arg(long)]
+    res: Option<usize>,
+    /// Images per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Timed runs per block (the median is kept).
+    #[arg(long, default_value_t = 7, value_name = "N")]
+    runs: usize,
+    /// Write the table as JSON (what `search --latency` reads).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+}
+
+pub fn run(args: &LatencyArgs) -> Result<(), String> {
+    if args.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let arch = args.arch.arch()?;
+    let res = args.res.unwrap_or(if arch.cifar { 32 } else { 224 });
+    let bar = ProgressBar::new(arch.spec().blocks.len() as u64).with_style(
+        ProgressStyle::with_template("timing blocks {bar:30} {pos}/{len} {elapsed}")
+            .expect("valid template"),
+    );
+    let table = measure(&arch, res, args.batch, args.runs, |done, _| {
+        bar.set_position(done as u64)
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+
+    println!(
+        "{:>5} {:>11} {:>3} {:>2} {:>5} {:>12} {:>10} {:>10} {:>8}",
+        "index", "channels", "k", "s", "size", "unmerged ms", "merged ms", "saving ms", "speed-up"
+    );
+    for b in &table.blocks {
+        println!(
+            "{:>5} {:>11} {:>3} {:>2} {:>5} {:>12.3} {:>10.3} {:>10.3} {:>7.2}×",
+            b.index,
+            format!("{}→{}", b.cin, b.cout),
+            b.k,
+            b.stride,
+            b.size,
+            b.unmerged_ms,
+            b.merged_ms,
+            b.saving_ms(),
+            b.unmerged_ms / b.merged_ms
+        );
+    }
+    println!(
+        "network: {:.3} ms unmerged, {:.3} ms with every block merged ({:.2}×), batch {}, {}², {} threads",
+        table.network_ms,
+        table.merged_network_ms,
+        table.network_ms / table.merged_network_ms,
+        table.batch,
+        table.res,
+        table.threads
+    );
+    if let Some(out) = &args.out {
+        let json = serde_json::to_vec_pretty(&table).expect("the table serialises");
+        write_atomic(out, &json).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}

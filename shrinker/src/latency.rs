@@ -1,0 +1,172 @@
+//! Latency tables measured on this machine with this project's kernels (depthshrinker.md §3).
+//!
+//! For every block: the time of the original block (BN folded, ReLU6 kept) and of its merged
+//! dense conv, at the block's real input size; ΔL = unmerged − merged is what the search's
+//! latency term weighs. Whether a merge pays is a measurement: on a CPU a merged 5×5 block can
+//! be slower than the original.
+
+use std::time::Instant;
+
+use depthshrink_autograd::Var;
+use depthshrink_nn::Ctx;
+use depthshrink_nn::arch::ArchConfig;
+use depthshrink_nn::mobilenet::{Block, MobileNet};
+use depthshrink_tensor::{Result, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::merge::{merge_block, merge_network};
+
+/// One block's measured latency.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlockLatency {
+    /// Activation index of the block (1 = the DS block, 2.. = IR blocks).
+    pub index: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    /// Input side length.
+    pub size: usize,
+    pub unmerged_ms: f64,
+    pub merged_ms: f64,
+}
+
+impl BlockLatency {
+    /// ΔL: what merging this block saves (negative when the merged conv is slower).
+    pub fn saving_ms(&self) -> f64 {
+        self.unmerged_ms - self.merged_ms
+    }
+}
+
+/// Per-block and whole-network latencies of one architecture at one input size and batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LatencyTable {
+    pub arch: ArchConfig,
+    pub res: usize,
+    pub batch: usize,
+    pub threads: usize,
+    pub blocks: Vec<BlockLatency>,
+    /// The original network (BN folded).
+    pub network_ms: f64,
+    /// Every block merged (activations removed everywhere but stem and head).
+    pub merged_network_ms: f64,
+}
+
+impl LatencyTable {
+    /// ΔL per activation index (stem and head: 0, nothing to merge).
+    pub fn savings(&self) -> Vec<f64> {
+        let mut s = vec![0.0; self.blocks.len() + 2];
+        for b in &self.blocks {
+            s[b.index] = b.saving_ms();
+        }
+        s
+    }
+}
+
+/// Warm-up, then the median of `runs` timings of `f`, in milliseconds.
+pub fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut times = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+fn input(shape: &[usize]) -> Result<Var> {
+    let n: usize = shape.iter().product();
+    Ok(Var::constant(Tensor::from_vec(
+        shape,
+        (0..n).map(|i| ((i % 97) as f32 - 48.0) / 48.0).collect(),
+    )?))
+}
+
+/// Measures every block and the whole network. `progress` is called after each block.
+pub fn measure(
+    arch: &ArchConfig,
+    res: usize,
+    batch: usize,
+    runs: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<LatencyTable> {
+    let net = MobileNet::new(arch, 0);
+    let mut fast = net.for_inference()?;
+    let mut linear = net.clone();
+    linear.apply_keep(&vec![false; net.num_acts()])?;
+    let ctx = Ctx::eval();
+    let mut size = (res + 2 - 3) / net.spec.stem_stride + 1;
+    let mut blocks = Vec::new();
+    let total = net.blocks.len();
+    for (i, (block, lin)) in fast.blocks.iter_mut().zip(&linear.blocks).enumerate() {
+        let s = net.spec.blocks[i];
+        let x = input(&[batch, s.cin, size, size])?;
+        let unmerged_ms = median_ms(runs, || block.forward(&x, &ctx).map(drop))?;
+        let Block::Ir(lin) = lin else {
+            unreachable!("a fresh network has no merged blocks")
+        };
+        let mut merged = Block::Merged(merge_block(lin)?);
+        let merged_ms = median_ms(runs, || merged.forward(&x, &ctx).map(drop))?;
+        blocks.push(BlockLatency {
+            index: i + 1,
+            cin: s.cin,
+            cout: s.cout,
+            k: s.k,
+            stride: s.stride,
+            size,
+            unmerged_ms,
+            merged_ms,
+        });
+        size = (size + 2 * (s.k / 2) - s.k) / s.stride + 1;
+        progress(i + 1, total);
+    }
+    let x = input(&[batch, 3, res, res])?;
+    let network_ms = median_ms(runs, || fast.forward(&x, &ctx).map(drop))?;
+    let mut all_merged = merge_network(&linear, &vec![true; total])?.for_inference()?;
+    let merged_network_ms = median_ms(runs, || all_merged.forward(&x, &ctx).map(drop))?;
+    Ok(LatencyTable {
+        arch: arch.clone(),
+        res,
+        batch,
+        threads: rayon_threads(),
+        blocks,
+        network_ms,
+        merged_network_ms,
+    })
+}
+
+fn rayon_threads() -> usize {
+    rayon::current_num_threads()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_table_covers_every_block_with_positive_times() {
+        let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
+        let mut calls = 0;
+        let t = measure(&arch, 16, 1, 1, |_, _| calls += 1).unwrap();
+        assert_eq!(t.blocks.len(), 17);
+        assert_eq!(calls, 17);
+        assert!(
+            t.blocks
+                .iter()
+                .all(|b| b.unmerged_ms > 0.0 && b.merged_ms > 0.0)
+        );
+        assert_eq!(t.savings().len(), 19);
+        assert_eq!((t.savings()[0], t.savings()[18]), (0.0, 0.0));
+        // Sizes follow the strides: the CIFAR layout keeps 16 through stage 2, then halves.
+        assert_eq!(t.blocks[0].size, 16);
+        assert_eq!(t.blocks.last().unwrap().size, 2);
+        let round_trip: LatencyTable =
+            serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(
+            (round_trip.arch, round_trip.blocks.len()),
+            (t.arch, t.blocks.len())
+        );
+    }
+}
