@@ -348,4 +348,12 @@ mod tests {
             base.fvcore
         );
     }
+
+    /// timm's `efficientnet_lite0` (1000 classes) has 4,652,008 parameters.
+    #[test]
+    fn efficientnet_lite0_parameter_count_matches_timm() {
+        let spec = ArchConfig::efficientnet_lite0(1000, false).spec();
+        assert_eq!(spec.num_params(), 4_652_008);
+        assert_eq!(spec.blocks.iter().filter(|b| b.k == 5).count(), 9);
+    }
 }
