@@ -3,7 +3,9 @@
 
 mod args;
 mod bench;
+mod eval;
 mod infer;
+mod train;
 
 use std::process::ExitCode;
 
@@ -32,6 +34,10 @@ enum Command {
     Bench(bench::BenchCommand),
     /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
     Infer(infer::InferArgs),
+    /// Train a network from a TOML config, with exact resume (see configs/).
+    Train(train::TrainArgs),
+    /// Top-1, top-5 and loss of a weights file on a test split (confusion matrix optional).
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +63,8 @@ fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),
         Command::Infer(args) => infer::run(&args),
+        Command::Train(args) => train::run(&args, cli.threads),
+        Command::Eval(args) => eval::run(&args),
     }
 }
 
