@@ -1033,7 +1033,10 @@ impl Trainer {
                     lr,
                 });
                 let every = self.config.checkpoint_every;
-                if every > 0 && self.position.batch % every == 0 && self.position.batch < bpe {
+                if every > 0
+                    && self.position.batch.is_multiple_of(every)
+                    && self.position.batch < bpe
+                {
                     let path = self.out.join(LAST);
                     self.save(&path)?;
                     // Saving is part of the loop's cost.
@@ -1043,7 +1046,8 @@ impl Trainer {
                 }
             }
             // The epoch is complete.
-            let evaluate_now = (epoch + 1) % self.config.eval_every == 0 || epoch + 1 == epochs;
+            let evaluate_now =
+                (epoch + 1).is_multiple_of(self.config.eval_every) || epoch + 1 == epochs;
             let eval_start = Instant::now();
             let eval = if evaluate_now {
                 observer.evaluating(epoch);
