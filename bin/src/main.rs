@@ -4,10 +4,12 @@
 mod args;
 mod bench;
 mod data;
+mod eval;
 mod flops;
 mod infer;
 mod latency;
 mod merge;
+mod train;
 
 use std::process::ExitCode;
 
@@ -31,20 +33,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Time kernels, training steps or inference against their targets.
-    #[command(subcommand)]
-    Bench(bench::BenchCommand),
+    /// Train a network from a TOML config, with exact resume (see configs/).
+    Train(train::TrainArgs),
+    /// Top-1, top-5 and loss of a weights file on a test split (confusion matrix optional).
+    Eval(eval::EvalArgs),
+    /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
+    Infer(infer::InferArgs),
+    /// Stage 3: merge every block whose activations are removed into one dense conv (verified).
+    Merge(merge::MergeArgs),
+    /// Per-block latency, unmerged vs merged, measured on this machine (JSON for the search).
+    Latency(latency::LatencyArgs),
+    /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
+    Flops(flops::FlopsArgs),
     /// Inspect a dataset directory (or the built-in synthetic set).
     #[command(subcommand)]
     Data(data::DataCommand),
-    /// Stage 3: merge every block whose activations are removed into one dense conv (verified).
-    Merge(merge::MergeArgs),
-    /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
-    Flops(flops::FlopsArgs),
-    /// Per-block latency, unmerged vs merged, measured on this machine (JSON for the search).
-    Latency(latency::LatencyArgs),
-    /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
-    Infer(infer::InferArgs),
+    /// Time kernels, training steps or inference against their targets.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 fn main() -> ExitCode {
@@ -74,6 +80,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Merge(args) => merge::run(&args),
         Command::Flops(args) => flops::run(&args),
         Command::Latency(args) => latency::run(&args),
+        Command::Train(args) => train::run(&args, cli.threads),
+        Command::Eval(args) => eval::run(&args),
     }
 }
 

@@ -1,0 +1,230 @@
+//! `depthshrink train`: trains a network from a TOML config (see `configs/`), with progress
+//! bars on a terminal, a one-line summary per epoch, and exact resume from the last checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use depthshrink_shrinker::train::{BatchProgress, EpochMetrics, Observer, TrainConfig, Trainer};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The default config: `configs/synthetic-mbv2.toml`, built in.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/synthetic-mbv2.toml");
+const DEFAULT_STEM: &str = "synthetic-mbv2";
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Training config (TOML) [default: the built-in configs/synthetic-mbv2.toml].
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (overrides `data.dir`; CIFAR-10 binaries or class folders).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Output directory [default: runs/<config file stem>].
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Override a config value by its dotted key, e.g. `--set epochs=3 --set optim.momentum=0.8`
+    /// (values are TOML; anything else is taken as a string). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Continue the run in the output directory from its last.safetensors.
+    #[arg(long)]
+    resume: bool,
+}
+
+/// Reads the config (file or built-in) and applies `--set` and `--data`; returns it with its
+/// stem (for the default output directory).
+fn load_config(args: &TrainArgs) -> Result<(TrainConfig, String), String> {
+    let (text, stem) = match &args.config {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let stem = path
+                .file_stem()
+                .map_or("run".into(), |s| s.to_string_lossy().into_owned());
+            (text, stem)
+        }
+        None => (DEFAULT_CONFIG.to_string(), DEFAULT_STEM.to_string()),
+    };
+    let overrides = args
+        .set
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .ok_or_else(|| format!("--set {kv}: expected KEY=VALUE"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let name = args
+        .config
+        .as_ref()
+        .map_or("the built-in config".into(), |p| p.display().to_string());
+    let mut config =
+        TrainConfig::from_toml(&text, &overrides).map_err(|e| format!("{name}: {e}"))?;
+    if let Some(dir) = &args.data {
+        config.data.dir = Some(dir.clone());
+        config.validate().map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok((config, stem))
+}
+
+pub fn run(args: &TrainArgs, cli_threads: Option<usize>) -> Result<(), String> {
+    let (config, stem) = load_config(args)?;
+    if cli_threads.is_none()
+        && let Some(n) = config.threads
+    {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| format!("cannot start {n} threads: {e}"))?;
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(&stem));
+    let start = Instant::now();
+    let mut trainer = Trainer::new(config, &out, args.resume).map_err(|e| e.to_string())?;
+    let c = &trainer.config;
+    let splits = &trainer.data.splits;
+    let data_name = splits
+        .root
+        .as_ref()
+        .map_or("synthetic".into(), |p| p.display().to_string());
+    let pos = trainer.position;
+    let resumed = if args.resume {
+        format!(", resumed at epoch {} batch {}", pos.epoch + 1, pos.batch)
+    } else {
+        String::new()
+    };
+    println!(
+        "training {:?} w{} ({}) on {data_name}: {} train / {} test images, {} epochs × {} batches of {}, {} threads → {}{resumed}",
+        trainer.model.arch.family,
+        trainer.model.arch.width,
+        if trainer.model.arch.cifar {
+            "CIFAR layout"
+        } else {
+            "ImageNet layout"
+        },
+        splits.train.len(),
+        splits.test.len(),
+        c.epochs,
+        trainer.batches_per_epoch(),
+        c.data.batch_size,
+        rayon::current_num_threads(),
+        out.display()
+    );
+    let mut progress = Progress::default();
+    let summary = trainer.run(&mut progress).map_err(|e| {
+        progress.clear();
+        e.to_string()
+    })?;
+    match summary.last {
+        Some(m) => println!(
+            "done in {:.1} s: final val acc {}, best {}; weights in {}",
+            start.elapsed().as_secs_f64(),
+            pct(m.val_acc),
+            pct(summary.best_val_acc),
+            out.display()
+        ),
+        None => println!("nothing to do: the run in {} is complete", out.display()),
+    }
+    Ok(())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
+}
+
+/// Progress bars on a terminal (indicatif hides them otherwise) and one line per epoch.
+#[derive(Default)]
+struct Progress {
+    bar: Option<ProgressBar>,
+    epochs: usize,
+    loss: Option<f64>,
+    acc: Option<f64>,
+    speed: Option<f64>,
+}
+
+impl Progress {
+    fn clear(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn ema(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(old.map_or(new, |o| 0.9 * o + 0.1 * new))
+}
+
+impl Observer for Progress {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, start_batch: usize, batches: usize) {
+        self.clear();
+        self.epochs = epochs;
+        self.loss = None;
+        self.acc = None;
+        self.speed = None;
+        let bar = ProgressBar::new(batches as u64).with_position(start_batch as u64);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix} {bar:30} {pos}/{len} {msg} [{elapsed_precise}, ETA {eta}]",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+        bar.reset_eta();
+        self.bar = Some(bar);
+    }
+
+    fn batch_done(&mut self, p: &BatchProgress) {
+        self.loss = ema(self.loss, p.loss as f64);
+        self.acc = ema(self.acc, p.acc);
+        self.speed = ema(self.speed, p.images_per_s);
+        if let Some(bar) = &self.bar {
+            bar.set_position(p.batch as u64 + 1);
+            bar.set_message(format!(
+                "loss {:.4} acc {:.1}% {:.0} img/s lr {:.4}",
+                self.loss.unwrap_or(0.0),
+                100.0 * self.acc.unwrap_or(0.0),
+                self.speed.unwrap_or(0.0),
+                p.lr
+            ));
+        }
+    }
+
+    fn evaluating(&mut self, _epoch: usize) {
+        if let Some(bar) = &self.bar {
+            bar.set_message("evaluating…");
+        }
+    }
+
+    fn epoch_done(&mut self, m: &EpochMetrics) {
+        self.clear();
+        let val = match (m.val_loss, m.val_acc) {
+            (Some(l), Some(a)) => format!(
+                "val loss {l:.4} acc {:.2}% (top-5 {})",
+                100.0 * a,
+                pct(m.val_top5)
+            ),
+            _ => "not evaluated".into(),
+        };
+        println!(
+            "epoch {}/{}: train loss {:.4} acc {:.2}% | {val} | lr {:.5} | {:.1} s, {:.1} img/s",
+            m.epoch,
+            self.epochs,
+            m.train_loss,
+            100.0 * m.train_acc,
+            m.lr,
+            m.seconds + m.eval_seconds,
+            m.images_per_s
+        );
+    }
+
+    fn note(&mut self, message: &str) {
+        match &self.bar {
+            Some(bar) => bar.println(message),
+            None => println!("{message}"),
+        }
+    }
+}
