@@ -14,8 +14,6 @@ for op in sgemm conv1x1 depthwise conv; do
   "$PY" bench/pytorch_kernels.py --threads "$T" --only "$op" >> "$OUT/kernels-torch.jsonl"
   "$B" --threads "$T" bench kernels --json --only "$op" >> "$OUT/kernels-rust.jsonl"
 done
-# `--only conv` also matches conv1x1; keep the first record of each case.
-for f in "$OUT"/kernels-*.jsonl; do awk '!seen[$0 ~ /"op": ?"conv1x1"/ ? $0 : $0]++' "$f" > "$f.tmp" && mv "$f.tmp" "$f"; done
 python3 bench/compare.py "$OUT/kernels-rust.jsonl" "$OUT/kernels-torch.jsonl" > "$OUT/kernels.md"
 
 : > "$OUT/models-rust.jsonl"; : > "$OUT/models-torch.jsonl"; : > "$OUT/models-ort.jsonl"

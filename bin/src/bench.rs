@@ -82,7 +82,7 @@ pub struct KernelArgs {
     /// Timed runs per case (the median is reported); at least 7 for published figures.
     #[arg(long, default_value_t = 7, value_name = "N")]
     runs: usize,
-    /// Only cases whose op name contains this (sgemm, conv1x1, depthwise, conv).
+    /// Only the cases of this op (sgemm, conv1x1, depthwise or conv).
     #[arg(long, value_name = "OP")]
     only: Option<String>,
 }
@@ -231,7 +231,7 @@ fn random_tensor(rng: &mut StdRng, shape: &[usize]) -> Tensor {
 }
 
 fn kernels(args: &KernelArgs) -> Result<(), String> {
-    let wanted = |op: &str| args.only.as_deref().is_none_or(|o| op.contains(o));
+    let wanted = |op: &str| args.only.as_deref().is_none_or(|o| op == o);
     let mut rng = StdRng::seed_from_u64(0);
     let mut records = Vec::new();
     let mut emit = |r: KernelRecord| {
