@@ -87,6 +87,18 @@ fn infer_on_a_torchvision_export_reproduces_pytorch_logits() {
     assert!(err < 1e-4, "relative error {err}");
 }
 
+/// Runs the binary, expecting a failure whose message contains `needle` (and no panic).
+#[track_caller]
+fn fails_with(args: &[&str], needle: &str) {
+    let out = depthshrink(args);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = stderr(&out);
+    assert!(
+        err.contains(needle) && !err.contains("panicked"),
+        "{args:?}: {err}"
+    );
+}
+
 #[test]
 fn bad_inputs_fail_with_a_message_naming_the_problem() {
     let dir = scratch("bad");
@@ -97,93 +109,54 @@ fn bad_inputs_fail_with_a_message_naming_the_problem() {
         x.to_str().unwrap(),
         y.to_str().unwrap(),
     );
+    let infer = |weights: &str, input: &str, width: &str| {
+        [
+            "infer",
+            "--weights",
+            weights,
+            "--width",
+            width,
+            "--num-classes",
+            "10",
+            "--input",
+            input,
+            "--output",
+            y,
+        ]
+        .map(String::from)
+    };
+    let run = |args: [String; 11], needle: &str| {
+        fails_with(&args.iter().map(String::as_str).collect::<Vec<_>>(), needle)
+    };
 
     // A width that does not fit the weights: every mismatch named.
-    let out = depthshrink(&[
-        "infer",
-        "--weights",
-        w,
-        "--width",
-        "1.0",
-        "--num-classes",
-        "10",
-        "--input",
-        x,
-        "--output",
-        y,
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("shape mismatch: features.0.0.weight"),
-        "{}",
-        stderr(&out)
-    );
-
+    run(infer(w, x, "1.0"), "shape mismatch: features.0.0.weight");
     // A truncated weights file.
     let bytes = std::fs::read(w).unwrap();
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    let out = depthshrink(&[
-        "infer",
-        "--weights",
-        truncated.to_str().unwrap(),
-        "--width",
-        "0.5",
-        "--num-classes",
-        "10",
-        "--input",
-        x,
-        "--output",
-        y,
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("truncated.safetensors"),
-        "{}",
-        stderr(&out)
+    run(
+        infer(truncated.to_str().unwrap(), x, "0.5"),
+        "truncated.safetensors",
     );
-
     // An input file without an `input` tensor.
-    let out = depthshrink(&[
-        "infer",
-        "--weights",
-        w,
+    run(infer(w, w, "0.5"), "no tensor named `input`");
+    // A bad flag value is reported by name.
+    fails_with(
+        &[
+            "infer",
+            "--weights",
+            w,
+            "--width=-1",
+            "--input",
+            x,
+            "--output",
+            y,
+        ],
         "--width",
-        "0.5",
-        "--num-classes",
-        "10",
-        "--input",
-        w,
-        "--output",
-        y,
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("no tensor named `input`"),
-        "{}",
-        stderr(&out)
     );
-
-    // Weights without metadata and no way to know the architecture is fine (flags default),
-    // but a bad flag value is reported by name.
-    let out = depthshrink(&[
-        "infer",
-        "--weights",
-        w,
-        "--width=-1",
-        "--input",
-        x,
-        "--output",
-        y,
-    ]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("--width"), "{}", stderr(&out));
-
-    // An unknown flag: clap's message and usage, no panic.
-    let out = depthshrink(&["infer", "--wieghts", w]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("--wieghts"), "{}", stderr(&out));
-    assert!(!stderr(&out).contains("panicked"));
+    // An unknown flag: clap's message and usage.
+    fails_with(&["infer", "--wieghts", w], "--wieghts");
 }
 
 /// A small CIFAR MobileNetV2 with non-trivial BN statistics, saved with its metadata.
