@@ -11,10 +11,10 @@ use crate::args::{ArchArgs, load_model, parse_keep};
 use clap::{Args, Subcommand};
 use depthshrink_autograd::{Var, ops};
 use depthshrink_nn::Ctx;
-use depthshrink_nn::mobilenet::{Block, MobileNet};
+use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module;
 use depthshrink_nn::optim::{Optimizer, Sgd, SgdConfig};
-use depthshrink_shrinker::merge::merge_network;
+use depthshrink_shrinker::merge::{blocks_to_merge, merge_network};
 use depthshrink_tensor::conv::{self, ConvParams};
 use depthshrink_tensor::{Tensor, gemm};
 use rand::rngs::StdRng;
@@ -107,13 +107,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
                 }
             };
             let net = if args.merged {
-                let keep = net.variant().keep;
-                let merge: Vec<bool> = net
-                    .blocks
-                    .iter()
-                    .zip(&keep[1..])
-                    .map(|(b, &k)| !k && matches!(b, Block::Ir(ir) if ir.expand.is_some()))
-                    .collect();
+                let merge = blocks_to_merge(&net, false);
                 merge_network(&net, &merge).map_err(|e| e.to_string())?
             } else {
                 net

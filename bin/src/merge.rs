@@ -4,9 +4,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use depthshrink_nn::checkpoint;
-use depthshrink_nn::mobilenet::Block;
 use depthshrink_nn::module::state_dict;
-use depthshrink_shrinker::merge::{MERGE_TOLERANCE, merge_network, verify};
+use depthshrink_shrinker::merge::{MERGE_TOLERANCE, blocks_to_merge, merge_network, verify};
 
 use crate::args::{ArchArgs, load_model};
 
@@ -32,13 +31,7 @@ pub struct MergeArgs {
 
 pub fn run(args: &MergeArgs) -> Result<(), String> {
     let net = load_model(&args.weights, &args.arch, Some(&args.keep))?;
-    let keep = net.variant().keep;
-    let merge: Vec<bool> = net
-        .blocks
-        .iter()
-        .zip(&keep[1..])
-        .map(|(b, &k)| !k && matches!(b, Block::Ir(ir) if ir.expand.is_some() || args.merge_ds))
-        .collect();
+    let merge = blocks_to_merge(&net, args.merge_ds);
     let merged = merge_network(&net, &merge).map_err(|e| e.to_string())?;
     let res = if net.arch.cifar { 32 } else { 224 };
     // The native size and an odd one, so borders and odd strides are both checked.

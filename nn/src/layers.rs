@@ -55,9 +55,14 @@ impl Conv2d {
     }
 
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        self.forward_padded(x, ctx, self.params.pad)
+    }
+
+    /// The same conv with another zero padding (pad-first blocks run their depthwise at 0).
+    pub fn forward_padded(&mut self, x: &Var, ctx: &Ctx, pad: usize) -> Result<Var> {
         let w = self.weight.bind(ctx);
         let b = self.bias.as_mut().map(|b| b.bind(ctx));
-        ops::conv2d(x, &w, b.as_ref(), self.params)
+        ops::conv2d(x, &w, b.as_ref(), ConvParams { pad, ..self.params })
     }
 
     pub fn kernel_size(&self) -> usize {
@@ -211,7 +216,12 @@ impl ConvBn {
     }
 
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        let y = self.conv.forward(x, ctx)?;
+        self.forward_padded(x, ctx, self.conv.params.pad)
+    }
+
+    /// Conv with zero padding `pad`, then BN (unless folded).
+    pub fn forward_padded(&mut self, x: &Var, ctx: &Ctx, pad: usize) -> Result<Var> {
+        let y = self.conv.forward_padded(x, ctx, pad)?;
         match (self.folded, ctx.train) {
             (false, _) => self.bn.forward(&y, ctx),
             (true, false) => Ok(y),

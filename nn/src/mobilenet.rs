@@ -117,10 +117,8 @@ impl InvertedResidual {
             .as_mut()
             .expect("pad-first is only used for IR blocks");
         let h = expand.forward(&ops::pad2d(x, self.spec.k / 2)?, ctx)?;
-        let pad = std::mem::replace(&mut self.dw.conv.params.pad, 0);
-        let d = self.dw.forward(&h, ctx);
-        self.dw.conv.params.pad = pad;
-        let out = self.project.forward(&d?, ctx)?;
+        let d = self.dw.forward_padded(&h, ctx, 0)?;
+        let out = self.project.forward(&d, ctx)?;
         let out = if self.spec.has_skip() {
             ops::add(&out, x)?
         } else {

@@ -130,15 +130,11 @@ pub fn measure(
         arch: arch.clone(),
         res,
         batch,
-        threads: rayon_threads(),
+        threads: rayon::current_num_threads(),
         blocks,
         network_ms,
         merged_network_ms,
     })
-}
-
-fn rayon_threads() -> usize {
-    rayon::current_num_threads()
 }
 
 #[cfg(test)]

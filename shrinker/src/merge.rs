@@ -89,6 +89,18 @@ fn affine_bias(w: &Tensor, v: &[f32], b: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(b.shape(), out)
 }
 
+/// Which blocks `depthshrink merge` compiles: every inverted-residual block whose activations
+/// are removed, and the depthwise-separable block too when `merge_ds` (a dense 3×3 usually
+/// costs several times dw + pw, so it stays unmerged by default).
+pub fn blocks_to_merge(net: &MobileNet, merge_ds: bool) -> Vec<bool> {
+    let keep = net.variant().keep;
+    net.blocks
+        .iter()
+        .zip(&keep[1..])
+        .map(|(b, &k)| !k && matches!(b, Block::Ir(ir) if ir.expand.is_some() || merge_ds))
+        .collect()
+}
+
 /// Merges every block with `merge[i]` set. Each must already be linearised (its activations
 /// removed, [`MobileNet::apply_keep`]); the result computes the same function in evaluation.
 pub fn merge_network(net: &MobileNet, merge: &[bool]) -> Result<MobileNet> {
