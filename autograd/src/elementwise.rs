@@ -53,3 +53,31 @@ impl Backward for ReshapeBackward {
         Ok(vec![Some(dy.reshape(&self.shape)?)])
     }
 }
+
+/// Element `i` of a vector as a one-element tensor (the search's per-index gate).
+pub fn pick(x: &Var, i: usize) -> Result<Var> {
+    let n = x.value().numel();
+    let &v = x.value().data().get(i).ok_or_else(|| {
+        depthshrink_tensor::TensorError::argument(
+            "pick",
+            format!("index {i} is out of range for {n} elements"),
+        )
+    })?;
+    Ok(Var::from_op(Tensor::scalar(v), &[x], || PickBackward {
+        shape: x.shape().to_vec(),
+        i,
+    }))
+}
+
+struct PickBackward {
+    shape: Vec<usize>,
+    i: usize,
+}
+
+impl Backward for PickBackward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        let mut dx = Tensor::zeros(&self.shape);
+        dx.data_mut()[self.i] = dy.item()?;
+        Ok(vec![Some(dx)])
+    }
+}

@@ -176,6 +176,7 @@ fn accumulate(slot: &mut Option<Tensor>, dx: Tensor) -> Result<()> {
 }
 
 /// The gradients of the leaves a backward pass reached.
+#[derive(Default)]
 pub struct Gradients(HashMap<VarId, Tensor>);
 
 impl Gradients {

@@ -134,6 +134,14 @@ fn relu6_and_gated_input_gradient() {
 }
 
 #[test]
+fn pick_one_element() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let x = random(&mut rng, &[5]);
+    check(|v| ops::pick(&v[0], 3), std::slice::from_ref(&x));
+    assert!(ops::pick(&Var::constant(x), 5).is_err());
+}
+
+#[test]
 fn losses() {
     let mut rng = StdRng::seed_from_u64(5);
     let logits = random(&mut rng, &[5, 7]);

@@ -73,7 +73,8 @@ pub fn load_model(
 }
 
 /// A keep list: comma-separated 0/1 in activation-index order (1 = keep), or a file holding
-/// such a list, a JSON array of 0/1, or a JSON object with a `keep` array.
+/// such a list, a JSON array of 0/1, a JSON object with a `keep` array (a search's
+/// search.json), or a TOML file with `keep = [...]` (configs/mbv2-140-*.toml).
 pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
     let text = if Path::new(arg).is_file() {
         std::fs::read_to_string(arg).map_err(|e| format!("--keep: cannot read {arg}: {e}"))?
@@ -81,7 +82,16 @@ pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
         arg.to_string()
     };
     let trimmed = text.trim();
-    let bits: Vec<u64> = if trimmed.starts_with('[') || trimmed.starts_with('{') {
+    let bits: Vec<u64> = if arg.ends_with(".toml") {
+        let table: toml::Table =
+            toml::from_str(trimmed).map_err(|e| format!("--keep: {arg} is not valid TOML: {e}"))?;
+        let list = table
+            .get("keep")
+            .ok_or_else(|| format!("--keep: {arg} has no `keep = [...]`"))?;
+        list.clone()
+            .try_into()
+            .map_err(|_| format!("--keep: `keep` in {arg} is not a list of 0/1"))?
+    } else if trimmed.starts_with('[') || trimmed.starts_with('{') {
         let v: serde_json::Value = serde_json::from_str(trimmed)
             .map_err(|e| format!("--keep: {arg} is not valid JSON: {e}"))?;
         let list = v.get("keep").unwrap_or(&v);
@@ -117,5 +127,7 @@ mod tests {
         assert_eq!(parse_keep(r#"{"keep": [1]}"#).unwrap(), [true]);
         assert!(parse_keep("1,2").unwrap_err().contains("2 is not 0 or 1"));
         assert!(parse_keep("1,x").unwrap_err().contains("`x`"));
+        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/mbv2-140-D.toml");
+        assert_eq!(parse_keep(d).unwrap().iter().filter(|&&k| k).count(), 7);
     }
 }

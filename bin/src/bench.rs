@@ -107,7 +107,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
                 }
             };
             let net = if args.merged {
-                let merge = blocks_to_merge(&net, false);
+                let merge = blocks_to_merge(&net, false, None);
                 merge_network(&net, &merge).map_err(|e| e.to_string())?
             } else {
                 net

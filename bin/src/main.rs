@@ -4,11 +4,14 @@
 mod args;
 mod bench;
 mod data;
+mod demo;
 mod eval;
+mod finetune;
 mod flops;
 mod infer;
 mod latency;
 mod merge;
+mod search;
 mod train;
 
 use std::process::ExitCode;
@@ -33,8 +36,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole method in one command on the built-in synthetic data (no flags needed):
+    /// pretrain → latency table → search → finetune → merge → verify → benchmark.
+    Demo(demo::DemoArgs),
     /// Train a network from a TOML config, with exact resume (see configs/).
     Train(train::TrainArgs),
+    /// Stage 1: learn which activations to remove (gated search, optional latency term), or
+    /// draw the random-removal baseline; writes gate scores and keep lists as JSON.
+    Search(search::SearchArgs),
+    /// Stage 2: remove the activations of a keep list and finetune from the pretrained
+    /// weights, optionally with self-distillation.
+    Finetune(finetune::FinetuneArgs),
     /// Top-1, top-5 and loss of a weights file on a test split (confusion matrix optional).
     Eval(eval::EvalArgs),
     /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
@@ -80,7 +92,10 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Merge(args) => merge::run(&args),
         Command::Flops(args) => flops::run(&args),
         Command::Latency(args) => latency::run(&args),
+        Command::Demo(args) => demo::run(&args, cli.threads),
         Command::Train(args) => train::run(&args, cli.threads),
+        Command::Search(args) => search::run(&args, cli.threads),
+        Command::Finetune(args) => finetune::run(&args, cli.threads),
         Command::Eval(args) => eval::run(&args),
     }
 }

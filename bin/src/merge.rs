@@ -8,6 +8,7 @@ use depthshrink_nn::module::state_dict;
 use depthshrink_shrinker::merge::{MERGE_TOLERANCE, blocks_to_merge, merge_network, verify};
 
 use crate::args::{ArchArgs, load_model};
+use crate::search::read_latency;
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -25,13 +26,30 @@ pub struct MergeArgs {
     /// 3×3 conv usually costs several times its multiply-adds, so by default it stays unmerged).
     #[arg(long)]
     merge_ds: bool,
+    /// Latency table from `depthshrink latency --out` for this architecture (for
+    /// --only-if-faster).
+    #[arg(long, value_name = "FILE")]
+    latency: Option<PathBuf>,
+    /// Merge exactly the removed blocks whose merge the latency table says pays: IR blocks
+    /// whose merged conv is slower stay unmerged, the DS block is merged when it is faster.
+    #[arg(long, requires = "latency")]
+    only_if_faster: bool,
     #[command(flatten)]
     arch: ArchArgs,
 }
 
 pub fn run(args: &MergeArgs) -> Result<(), String> {
     let net = load_model(&args.weights, &args.arch, Some(&args.keep))?;
-    let merge = blocks_to_merge(&net, args.merge_ds);
+    let table = args
+        .latency
+        .as_deref()
+        .map(|p| read_latency(p, net.num_acts()))
+        .transpose()?;
+    let merge = blocks_to_merge(
+        &net,
+        args.merge_ds,
+        table.as_ref().filter(|_| args.only_if_faster),
+    );
     let merged = merge_network(&net, &merge).map_err(|e| e.to_string())?;
     let res = if net.arch.cifar { 32 } else { 224 };
     // The native size and an odd one, so borders and odd strides are both checked.

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use depthshrink_shrinker::train::{BatchProgress, EpochMetrics, Observer, TrainConfig, Trainer};
+use depthshrink_shrinker::train::{
+    BatchProgress, CrossEntropy, EpochMetrics, Objective, Observer, RunSummary, TrainConfig,
+    Trainer,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// The default config: `configs/synthetic-mbv2.toml`, built in.
@@ -14,27 +17,34 @@ const DEFAULT_STEM: &str = "synthetic-mbv2";
 
 #[derive(Args)]
 pub struct TrainArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What every training-like command (train, search, finetune) takes.
+#[derive(Args)]
+pub struct RunArgs {
     /// Training config (TOML) [default: the built-in configs/synthetic-mbv2.toml].
     #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
+    pub config: Option<PathBuf>,
     /// Data directory (overrides `data.dir`; CIFAR-10 binaries or class folders).
     #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    pub data: Option<PathBuf>,
     /// Output directory [default: runs/<config file stem>].
     #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Override a config value by its dotted key, e.g. `--set epochs=3 --set optim.momentum=0.8`
     /// (values are TOML; anything else is taken as a string). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    set: Vec<String>,
+    pub set: Vec<String>,
     /// Continue the run in the output directory from its last.safetensors.
     #[arg(long)]
-    resume: bool,
+    pub resume: bool,
 }
 
 /// Reads the config (file or built-in) and applies `--set` and `--data`; returns it with its
 /// stem (for the default output directory).
-fn load_config(args: &TrainArgs) -> Result<(TrainConfig, String), String> {
+pub fn load_config(args: &RunArgs) -> Result<(TrainConfig, String), String> {
     let (text, stem) = match &args.config {
         Some(path) => {
             let text =
@@ -68,8 +78,17 @@ fn load_config(args: &TrainArgs) -> Result<(TrainConfig, String), String> {
     Ok((config, stem))
 }
 
-pub fn run(args: &TrainArgs, cli_threads: Option<usize>) -> Result<(), String> {
-    let (config, stem) = load_config(args)?;
+impl RunArgs {
+    /// The output directory: `--out`, else `runs/<stem><suffix>`.
+    pub fn out_dir(&self, stem: &str, suffix: &str) -> PathBuf {
+        self.out
+            .clone()
+            .unwrap_or_else(|| Path::new("runs").join(format!("{stem}{suffix}")))
+    }
+}
+
+/// Starts the thread pool at the config's `threads` unless `--threads` already did.
+pub fn config_threads(config: &TrainConfig, cli_threads: Option<usize>) -> Result<(), String> {
     if cli_threads.is_none()
         && let Some(n) = config.threads
     {
@@ -78,26 +97,58 @@ pub fn run(args: &TrainArgs, cli_threads: Option<usize>) -> Result<(), String> {
             .build_global()
             .map_err(|e| format!("cannot start {n} threads: {e}"))?;
     }
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("runs").join(&stem));
+    Ok(())
+}
+
+pub fn run(args: &TrainArgs, cli_threads: Option<usize>) -> Result<(), String> {
+    let args = &args.run;
+    let (config, stem) = load_config(args)?;
+    config_threads(&config, cli_threads)?;
+    let out = args.out_dir(&stem, "");
     let start = Instant::now();
     let mut trainer = Trainer::new(config, &out, args.resume).map_err(|e| e.to_string())?;
+    let mut objective = CrossEntropy {
+        smoothing: trainer.config.label_smoothing as f32,
+    };
+    run_stage("training", &mut trainer, &mut objective, args.resume, start)?;
+    Ok(())
+}
+
+/// Runs a trainer with progress bars between its first and last lines.
+pub fn run_stage(
+    what: &str,
+    trainer: &mut Trainer,
+    objective: &mut dyn Objective,
+    resumed: bool,
+    start: Instant,
+) -> Result<RunSummary, String> {
+    announce(what, trainer, resumed);
+    let mut progress = Progress::default();
+    let summary = trainer.run_with(&mut progress, objective).map_err(|e| {
+        progress.clear();
+        e.to_string()
+    })?;
+    finished(&summary, start, &trainer.out);
+    Ok(summary)
+}
+
+/// The line a run starts with: what is trained on what, how long, and where it goes.
+fn announce(what: &str, trainer: &Trainer, resumed: bool) {
     let c = &trainer.config;
+    let out = &trainer.out;
     let splits = &trainer.data.splits;
     let data_name = splits
         .root
         .as_ref()
         .map_or("synthetic".into(), |p| p.display().to_string());
     let pos = trainer.position;
-    let resumed = if args.resume {
+    let resumed = if resumed {
         format!(", resumed at epoch {} batch {}", pos.epoch + 1, pos.batch)
     } else {
         String::new()
     };
     println!(
-        "training {:?} w{} ({}) on {data_name}: {} train / {} test images, {} epochs × {} batches of {}, {} threads → {}{resumed}",
+        "{what} {:?} w{} ({}) on {data_name}: {} train / {} test images, {} epochs × {} batches of {}, {} threads → {}{resumed}",
         trainer.model.arch.family,
         trainer.model.arch.width,
         if trainer.model.arch.cifar {
@@ -113,12 +164,11 @@ pub fn run(args: &TrainArgs, cli_threads: Option<usize>) -> Result<(), String> {
         rayon::current_num_threads(),
         out.display()
     );
-    let mut progress = Progress::default();
-    let summary = trainer.run(&mut progress).map_err(|e| {
-        progress.clear();
-        e.to_string()
-    })?;
-    match summary.last {
+}
+
+/// The line a run ends with.
+fn finished(summary: &RunSummary, start: Instant, out: &Path) {
+    match &summary.last {
         Some(m) => println!(
             "done in {:.1} s: final val acc {}, best {}; weights in {}",
             start.elapsed().as_secs_f64(),
@@ -128,10 +178,9 @@ pub fn run(args: &TrainArgs, cli_threads: Option<usize>) -> Result<(), String> {
         ),
         None => println!("nothing to do: the run in {} is complete", out.display()),
     }
-    Ok(())
 }
 
-fn pct(v: Option<f64>) -> String {
+pub fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 

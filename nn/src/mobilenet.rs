@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::activation::Act;
+use crate::activation::{Act, SearchGates};
 use crate::arch::{ArchConfig, BlockSpec, NetSpec};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions};
 use crate::layers::{Conv2d, ConvBn, Linear};
@@ -187,6 +187,8 @@ pub struct MobileNet {
     pub classifier: Linear,
     /// Dropout probability before the classifier (torchvision: 0.2).
     pub dropout: f32,
+    /// The search stage's gate scores (parameter `search.gates`), only while searching.
+    pub search: Option<SearchGates>,
 }
 
 impl MobileNet {
@@ -222,6 +224,7 @@ impl MobileNet {
             head_act: Act::Relu6,
             classifier,
             dropout: 0.2,
+            search: None,
         }
     }
 
@@ -263,6 +266,9 @@ impl MobileNet {
             })?,
         };
         let mut net = MobileNet::new(&arch, 0);
+        if ckpt.tensors.contains_key(SEARCH_GATES) {
+            net.search = Some(SearchGates::new(net.num_acts(), vec![true; net.num_acts()]));
+        }
         if let Some(v) = ckpt.metadata.get("variant") {
             let variant: Variant = serde_json::from_value(v.clone())
                 .map_err(|e| bad(format!("invalid `variant` metadata: {e}")))?;
@@ -307,9 +313,13 @@ impl MobileNet {
         self.apply_keep(&variant.keep)
     }
 
-    /// A copy for fast evaluation: every batch norm folded into its conv.
+    /// A copy for fast evaluation: every batch norm folded into its conv, and gated sites
+    /// fixed to the search's current decision.
     pub fn for_inference(&self) -> Result<MobileNet> {
         let mut net = self.clone();
+        if let Some(search) = net.search.take() {
+            net.fix_gates(&search.decision());
+        }
         net.stem.fold()?;
         net.head.fold()?;
         for block in &mut net.blocks {
@@ -339,6 +349,27 @@ impl MobileNet {
             }
         }
         Ok(())
+    }
+
+    /// Replaces every gated site by ReLU6 (`keep[index]`) or identity, as the search's forward
+    /// pass computes them (no pad-first: the search does not linearise blocks).
+    fn fix_gates(&mut self, keep: &[bool]) {
+        let fix = |act: &mut Act| {
+            if let Act::Gated { index } = *act {
+                *act = if keep[index] {
+                    Act::Relu6
+                } else {
+                    Act::Identity
+                };
+            }
+        };
+        fix(&mut self.stem_act);
+        fix(&mut self.head_act);
+        for block in &mut self.blocks {
+            if let Block::Ir(b) = block {
+                fix(&mut b.act);
+            }
+        }
     }
 
     /// Removes the activations with `keep[i] == false`: identity sites, and pad-first with one
@@ -412,8 +443,17 @@ impl Module for MobileNet {
         self.head
             .visit(&join(&features, &(self.blocks.len() + 1).to_string()), f);
         self.classifier.visit(&join(prefix, "classifier.1"), f);
+        if let Some(search) = &mut self.search {
+            f(
+                &join(prefix, SEARCH_GATES),
+                Entry::Param(&mut search.scores),
+            );
+        }
     }
 }
+
+/// The parameter name of the search's gate scores.
+pub const SEARCH_GATES: &str = "search.gates";
 
 /// Builds a merged block's conv (used by the merge compiler and when loading merged files).
 pub fn merged_conv(

@@ -76,6 +76,40 @@ pub fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> 
     Ok(times[times.len() / 2])
 }
 
+/// Median forward time (ms) of each network in evaluation mode (BN folded) on one batch of
+/// `batch` × 3 × `res`², the runs interleaved so that load changes hit every network alike.
+pub fn compare_networks(
+    nets: &[&MobileNet],
+    res: usize,
+    batch: usize,
+    runs: usize,
+) -> Result<Vec<f64>> {
+    let mut fast = nets
+        .iter()
+        .map(|n| n.for_inference())
+        .collect::<Result<Vec<_>>>()?;
+    let x = input(&[batch, 3, res, res])?;
+    let ctx = Ctx::eval();
+    let mut times = vec![Vec::with_capacity(runs); fast.len()];
+    for round in 0..=runs.max(1) {
+        for (net, t) in fast.iter_mut().zip(&mut times) {
+            let start = Instant::now();
+            net.forward(&x, &ctx)?;
+            // Round 0 warms up.
+            if round > 0 {
+                t.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    Ok(times
+        .into_iter()
+        .map(|mut t| {
+            t.sort_by(f64::total_cmp);
+            t[t.len() / 2]
+        })
+        .collect())
+}
+
 fn input(shape: &[usize]) -> Result<Var> {
     let n: usize = shape.iter().product();
     Ok(Var::constant(Tensor::from_vec(

@@ -1,6 +1,9 @@
 //! DepthShrinker's stages on top of the framework: the training loop every stage shares,
-//! on-machine latency tables, and stage 3, the verified merge compiler.
+//! stage 1 (gate search), stage 2 (finetuning with self-distillation), on-machine latency
+//! tables, and stage 3, the verified merge compiler.
 
+pub mod finetune;
 pub mod latency;
 pub mod merge;
+pub mod search;
 pub mod train;

@@ -9,6 +9,8 @@ use depthshrink_autograd::Var;
 use depthshrink_nn::Ctx;
 use depthshrink_nn::mobilenet::{Block, InvertedResidual, MergedBlock, MobileNet, merged_conv};
 use depthshrink_tensor::{Result, Tensor, TensorError, gemm};
+
+use crate::latency::LatencyTable;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -90,14 +92,32 @@ fn affine_bias(w: &Tensor, v: &[f32], b: &Tensor) -> Result<Tensor> {
 }
 
 /// Which blocks `depthshrink merge` compiles: every inverted-residual block whose activations
-/// are removed, and the depthwise-separable block too when `merge_ds` (a dense 3×3 usually
-/// costs several times dw + pw, so it stays unmerged by default).
-pub fn blocks_to_merge(net: &MobileNet, merge_ds: bool) -> Vec<bool> {
+/// are removed; the depthwise-separable block too when `merge_ds` or when a latency table is
+/// given (a dense 3×3 usually costs several times dw + pw, so by default it stays unmerged).
+/// With `only_if_faster`, a block stays unmerged when the table says merging does not pay.
+pub fn blocks_to_merge(
+    net: &MobileNet,
+    merge_ds: bool,
+    only_if_faster: Option<&LatencyTable>,
+) -> Vec<bool> {
     let keep = net.variant().keep;
+    let pays = |i: usize| {
+        only_if_faster.is_none_or(|t| {
+            t.blocks
+                .iter()
+                .find(|b| b.index == i + 1)
+                .is_some_and(|b| b.saving_ms() > 0.0)
+        })
+    };
     net.blocks
         .iter()
         .zip(&keep[1..])
-        .map(|(b, &k)| !k && matches!(b, Block::Ir(ir) if ir.expand.is_some() || merge_ds))
+        .enumerate()
+        .map(|(i, (b, &k))| {
+            let Block::Ir(ir) = b else { return false };
+            let kind_ok = ir.expand.is_some() || merge_ds || only_if_faster.is_some();
+            !k && kind_ok && pays(i)
+        })
         .collect()
 }
 
@@ -303,5 +323,48 @@ mod tests {
                 .contains("block 3 (activation index 4) still has its activations"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn which_blocks_merge_follows_the_keep_list_and_the_latency_table() {
+        let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
+        let mut net = MobileNet::new(&arch, 0);
+        let mut keep = vec![true; net.num_acts()];
+        for i in [1, 2, 3, 5] {
+            keep[i] = false; // the DS block and IR blocks 1, 2, 4
+        }
+        net.apply_keep(&keep).unwrap();
+        let indices = |m: Vec<bool>| -> Vec<usize> {
+            m.iter()
+                .enumerate()
+                .filter(|(_, m)| **m)
+                .map(|(i, _)| i + 1)
+                .collect()
+        };
+        assert_eq!(indices(blocks_to_merge(&net, false, None)), [2, 3, 5]);
+        assert_eq!(indices(blocks_to_merge(&net, true, None)), [1, 2, 3, 5]);
+        // A table where merging pays for indices 1 and 3 only.
+        let blocks = (1..=net.blocks.len())
+            .map(|index| crate::latency::BlockLatency {
+                index,
+                cin: 1,
+                cout: 1,
+                k: 3,
+                stride: 1,
+                size: 8,
+                unmerged_ms: 1.0,
+                merged_ms: if index == 1 || index == 3 { 0.5 } else { 2.0 },
+            })
+            .collect();
+        let table = LatencyTable {
+            arch,
+            res: 32,
+            batch: 1,
+            threads: 1,
+            blocks,
+            network_ms: 10.0,
+            merged_network_ms: 9.0,
+        };
+        assert_eq!(indices(blocks_to_merge(&net, false, Some(&table))), [1, 3]);
     }
 }

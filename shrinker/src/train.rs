@@ -39,6 +39,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use thiserror::Error;
 
+use crate::finetune::DistillConfig;
+use crate::search::SearchConfig;
+
 /// File names inside a run's output directory.
 pub const LAST: &str = "last.safetensors";
 pub const BEST: &str = "best.safetensors";
@@ -79,6 +82,12 @@ pub struct TrainConfig {
     pub data: DataConfig,
     pub optim: OptimizerConfig,
     pub lr: ScheduleConfig,
+    /// Stage 1 (`depthshrink search`): keep ratio, latency term, logging.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub search: Option<SearchConfig>,
+    /// Stage 2 (`depthshrink finetune --distill`): self-distillation weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
 }
 
 fn one() -> usize {
@@ -291,6 +300,12 @@ impl TrainConfig {
             return bad(format!(
                 "lr.lr must be a finite non-negative number, got {lr}"
             ));
+        }
+        if let Some(search) = &self.search {
+            search.validate().map_err(TrainError::Config)?;
+        }
+        if let Some(distill) = &self.distill {
+            distill.validate().map_err(TrainError::Config)?;
         }
         if let Some(dir) = &self.data.dir
             && !dir.is_dir()
@@ -540,6 +555,12 @@ pub trait Objective {
     /// Called after the model's gradients were collected, before clipping and the update:
     /// take the gradients of anything else the loss depended on.
     fn after_backward(&mut self, _model: &mut MobileNet, _grads: &mut Gradients) {}
+
+    /// Called after global step `step` (1-based) was applied: a JSON object to record in
+    /// `metrics.jsonl` as `{"step": step, "epoch": e, ...}` (the search logs its gates here).
+    fn step_log(&mut self, _model: &MobileNet, _step: usize) -> Option<Value> {
+        None
+    }
 }
 
 impl<F> Objective for F
@@ -938,7 +959,7 @@ impl Trainer {
 
         let config_path = out.join(CONFIG);
         write_atomic(&config_path, config.to_toml().as_bytes())?;
-        rewrite_metrics(&out.join(METRICS), position.epoch)?;
+        rewrite_metrics(&out.join(METRICS), &position)?;
 
         Ok(Trainer {
             config,
@@ -1016,6 +1037,15 @@ impl Trainer {
                 };
                 self.position.batch = batch.position + 1;
                 self.position.global_step += 1;
+                if let Some(record) = objective.step_log(&self.model, self.position.global_step) {
+                    let mut line = serde_json::Map::new();
+                    line.insert("step".into(), json!(self.position.global_step));
+                    line.insert("epoch".into(), json!(epoch + 1));
+                    if let Value::Object(fields) = record {
+                        line.extend(fields);
+                    }
+                    append_line(&self.out.join(METRICS), &Value::Object(line))?;
+                }
                 let now = Instant::now();
                 let dt = now.duration_since(tick).as_secs_f64();
                 tick = now;
@@ -1082,7 +1112,7 @@ impl Trainer {
             if improved {
                 self.best_val_acc = metrics.val_acc;
             }
-            append_metrics(&self.out.join(METRICS), &metrics)?;
+            append_line(&self.out.join(METRICS), &metrics)?;
             let (last_path, best_path) = (self.out.join(LAST), self.out.join(BEST));
             self.save(&last_path)?;
             if improved {
@@ -1158,27 +1188,35 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
 }
 
 /// Keeps only the lines of epochs `≤ completed` (all of them on a fresh start: none).
-fn rewrite_metrics(path: &Path, completed: usize) -> Result<(), TrainError> {
+fn rewrite_metrics(path: &Path, position: &Position) -> Result<(), TrainError> {
     let text = match fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(io_err(path)(e)),
     };
-    let kept: String = text
-        .lines()
-        .filter(|line| {
-            serde_json::from_str::<EpochMetrics>(line).is_ok_and(|m| m.epoch <= completed)
-        })
-        .map(|line| format!("{line}\n"))
-        .collect();
+    let kept: String =
+        text.lines()
+            .filter(|line| match step_of(line) {
+                Some(step) => step <= position.global_step,
+                None => serde_json::from_str::<EpochMetrics>(line)
+                    .is_ok_and(|m| m.epoch <= position.epoch),
+            })
+            .map(|line| format!("{line}\n"))
+            .collect();
     write_atomic(path, kept.as_bytes())
 }
 
-/// Appends one line and flushes it to disk.
-fn append_metrics(path: &Path, metrics: &EpochMetrics) -> Result<(), TrainError> {
+/// The `step` of a per-step record of `metrics.jsonl` (None for an epoch line).
+fn step_of(line: &str) -> Option<usize> {
+    let v: Value = serde_json::from_str(line).ok()?;
+    v.get("step")?.as_u64().map(|s| s as usize)
+}
+
+/// Appends one JSON line and flushes it to disk.
+fn append_line(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
     let line = format!(
         "{}\n",
-        serde_json::to_string(metrics).expect("metrics serialise")
+        serde_json::to_string(value).expect("metrics serialise")
     );
     let mut file = OpenOptions::new()
         .create(true)
@@ -1189,10 +1227,11 @@ fn append_metrics(path: &Path, metrics: &EpochMetrics) -> Result<(), TrainError>
     file.sync_data().map_err(io_err(path))
 }
 
-/// Reads `metrics.jsonl`.
+/// Reads the per-epoch lines of `metrics.jsonl` (per-step records are skipped).
 pub fn read_metrics(path: &Path) -> Result<Vec<EpochMetrics>, TrainError> {
     let text = fs::read_to_string(path).map_err(io_err(path))?;
     text.lines()
+        .filter(|l| step_of(l).is_none())
         .map(|l| {
             serde_json::from_str(l)
                 .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))

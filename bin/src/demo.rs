@@ -1,0 +1,316 @@
+//! `depthshrink demo`: the whole method in one command. Pretrain → latency table → search →
+//! finetune with self-distillation → merge → verify → benchmark, then one summary table.
+//! With no flags it runs on the built-in synthetic set with the built-in config; `--data` and
+//! `--pretrained` run it on real data from a real checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use depthshrink_nn::checkpoint::{self, write_atomic};
+use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_nn::module::state_dict;
+use depthshrink_shrinker::finetune::DistillConfig;
+use depthshrink_shrinker::latency::{LatencyTable, compare_networks, measure};
+use depthshrink_shrinker::merge::{MERGE_TOLERANCE, blocks_to_merge, merge_network, verify};
+use depthshrink_shrinker::search::{SearchConfig, bits};
+use depthshrink_shrinker::train::{CrossEntropy, LAST, TrainConfig, Trainer, evaluate};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::finetune::finetune_stage;
+use crate::search::{load_pretrained, print_output, search_stage};
+use crate::train::{RunArgs, config_threads, load_config, pct, run_stage};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Config of every stage (TOML; the stages override `epochs`) [default: the built-in
+    /// configs/synthetic-mbv2.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory instead of the built-in synthetic set (CIFAR-10 binaries or class
+    /// folders).
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Output directory, one subdirectory per stage [default: runs/<config stem>-demo]. Stages
+    /// already there are resumed or, when finished, reused.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Override a config value by its dotted key (see `train --help`). Repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Start from this pretrained network instead of pretraining one (its architecture must
+    /// match the config's model).
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<PathBuf>,
+    /// Fraction of activation indices kept.
+    #[arg(long, value_name = "R", default_value_t = 0.5)]
+    pub keep_ratio: f64,
+    /// Epochs of the search (stage 1).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub search_epochs: usize,
+    /// Epochs of finetuning (stage 2).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub finetune_epochs: usize,
+    /// Batch size of the latency table and the final benchmark.
+    #[arg(long, value_name = "B", default_value_t = 64)]
+    pub bench_batch: usize,
+}
+
+/// Everything the demo measured (also written as `summary.json`).
+#[derive(Serialize)]
+struct Summary {
+    pretrained_top1: f64,
+    finetuned_top1: f64,
+    merged_top1: f64,
+    activations: usize,
+    kept: usize,
+    keep: Vec<u8>,
+    merged_blocks: usize,
+    blocks: usize,
+    max_abs_error: f32,
+    max_rel_error: f32,
+    res: usize,
+    /// (batch, unmerged images/s, merged images/s)
+    throughput: Vec<(usize, f64, f64)>,
+    seconds: f64,
+}
+
+fn stage(n: usize, title: &str) {
+    println!("\n== [{n}/6] {title}");
+}
+
+/// A stage's run directory already holding a checkpoint is resumed (a finished stage just
+/// reloads), so running the demo again picks up where it stopped.
+fn resumable(dir: &Path) -> bool {
+    dir.join(LAST).exists()
+}
+
+fn pretrain_stage(config: &TrainConfig, out: &Path) -> Result<MobileNet, String> {
+    let resume = resumable(out);
+    let start = Instant::now();
+    let mut trainer = Trainer::new(config.clone(), out, resume).map_err(|e| e.to_string())?;
+    let mut objective = CrossEntropy {
+        smoothing: config.label_smoothing as f32,
+    };
+    run_stage("pretraining", &mut trainer, &mut objective, resume, start)?;
+    Ok(trainer.model)
+}
+
+pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
+    let started = Instant::now();
+    let run = RunArgs {
+        config: args.config.clone(),
+        data: args.data.clone(),
+        out: args.out.clone(),
+        set: args.set.clone(),
+        resume: false,
+    };
+    let (config, stem) = load_config(&run)?;
+    config_threads(&config, cli_threads)?;
+    if args.search_epochs == 0 || args.finetune_epochs == 0 || args.bench_batch == 0 {
+        return Err(
+            "--search-epochs, --finetune-epochs and --bench-batch must be at least 1".into(),
+        );
+    }
+    let search = SearchConfig {
+        keep_ratio: args.keep_ratio,
+        ..config.search.clone().unwrap_or_default()
+    };
+    search
+        .validate()
+        .map_err(|e| format!("--keep-ratio: {e}"))?;
+    let out = run.out_dir(&stem, "-demo");
+
+    stage(1, "pretrained network");
+    let pretrained = match &args.pretrained {
+        Some(path) => {
+            println!("loading {}", path.display());
+            load_pretrained(path)?
+        }
+        None => pretrain_stage(&config, &out.join("pretrain"))?,
+    };
+    let data = config.data.open(config.seed).map_err(|e| e.to_string())?;
+    let res = match data.test.epoch(0).next() {
+        Some(batch) => batch.map_err(|e| e.to_string())?.images.shape()[2],
+        None => return Err("the test split is empty".into()),
+    };
+    let before = evaluate(&pretrained, &data.test).map_err(|e| e.to_string())?;
+    println!("pretrained: top-1 {}", pct(Some(before.top1)));
+
+    stage(2, "latency table (this machine, this project's kernels)");
+    let table = latency_table(&pretrained, res, args.bench_batch, &out)?;
+
+    stage(3, "search: which activations are redundant");
+    let mut search_config = config.clone();
+    search_config.epochs = args.search_epochs;
+    search_config.search = Some(search.clone());
+    let search_dir = out.join("search");
+    let found = search_stage(
+        search_config,
+        pretrained.clone(),
+        Some(&table),
+        &search_dir,
+        resumable(&search_dir),
+    )?;
+    print_output(&found);
+    let keep: Vec<bool> = found.keep.iter().map(|&k| k == 1).collect();
+
+    stage(
+        4,
+        "finetune with self-distillation, from the pretrained weights",
+    );
+    let mut finetune_config = config.clone();
+    finetune_config.epochs = args.finetune_epochs;
+    finetune_config.distill = Some(
+        config
+            .distill
+            .clone()
+            .unwrap_or_else(DistillConfig::default),
+    );
+    let finetune_dir = out.join("finetune");
+    let finetuned = finetune_stage(
+        finetune_config,
+        &pretrained,
+        &keep,
+        &finetune_dir,
+        resumable(&finetune_dir),
+    )?;
+    let after = evaluate(&finetuned, &data.test).map_err(|e| e.to_string())?;
+
+    stage(5, "merge and verify");
+    let merge = blocks_to_merge(&finetuned, false, Some(&table));
+    let mut merged = merge_network(&finetuned, &merge).map_err(|e| e.to_string())?;
+    let err = verify(
+        &finetuned,
+        &merged,
+        &[(res, res), (res / 2 + 3, res / 2 + 1)],
+        0,
+    )
+    .map_err(|e| e.to_string())?;
+    let merged_blocks = merge.iter().filter(|&&m| m).count();
+    println!(
+        "merged {merged_blocks} of {} blocks (those whose merge the latency table says pays); max abs error {:.2e}, max relative error {:.2e}",
+        merge.len(),
+        err.max_abs,
+        err.max_rel
+    );
+    if err.max_rel > MERGE_TOLERANCE {
+        return Err(format!(
+            "the merged network differs from the unmerged one (relative error {:.2e} > {MERGE_TOLERANCE:e})",
+            err.max_rel
+        ));
+    }
+    let merged_path = out.join("merged.safetensors");
+    checkpoint::save(&merged_path, &state_dict(&mut merged), &merged.metadata())
+        .map_err(|e| e.to_string())?;
+    println!("wrote {}", merged_path.display());
+    let merged_eval = evaluate(&merged, &data.test).map_err(|e| e.to_string())?;
+
+    stage(6, "benchmark: unmerged vs merged inference");
+    let mut throughput = Vec::new();
+    for batch in [1, args.bench_batch] {
+        let ms =
+            compare_networks(&[&finetuned, &merged], res, batch, 15).map_err(|e| e.to_string())?;
+        let ips = |ms: f64| batch as f64 / (ms / 1e3);
+        println!(
+            "batch {batch}: unmerged {:.1} images/s, merged {:.1} images/s",
+            ips(ms[0]),
+            ips(ms[1])
+        );
+        throughput.push((batch, ips(ms[0]), ips(ms[1])));
+    }
+
+    let summary = Summary {
+        pretrained_top1: before.top1,
+        finetuned_top1: after.top1,
+        merged_top1: merged_eval.top1,
+        activations: keep.len(),
+        kept: keep.iter().filter(|&&k| k).count(),
+        keep: bits(&keep),
+        merged_blocks,
+        blocks: merge.len(),
+        max_abs_error: err.max_abs,
+        max_rel_error: err.max_rel,
+        res,
+        throughput,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    print_summary(&summary);
+    let path = out.join("summary.json");
+    let json = serde_json::to_vec_pretty(&json!(summary)).expect("summary serialises");
+    write_atomic(&path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!(
+        "wrote {} (every stage's run is in {})",
+        path.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Measures the per-block latency table of `net`'s architecture and writes `latency.json`.
+fn latency_table(
+    net: &MobileNet,
+    res: usize,
+    batch: usize,
+    out: &Path,
+) -> Result<LatencyTable, String> {
+    let bar = ProgressBar::new(net.blocks.len() as u64).with_style(
+        ProgressStyle::with_template("timing blocks {bar:30} {pos}/{len} {elapsed}")
+            .expect("valid template"),
+    );
+    let table = measure(&net.arch, res, batch, 7, |done, _| {
+        bar.set_position(done as u64)
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let pays = table.blocks.iter().filter(|b| b.saving_ms() > 0.0).count();
+    println!(
+        "batch {batch}, {res}²: network {:.2} ms unmerged, {:.2} ms with every block merged; merging pays for {pays} of {} blocks",
+        table.network_ms,
+        table.merged_network_ms,
+        table.blocks.len()
+    );
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let path = out.join("latency.json");
+    let json = serde_json::to_vec_pretty(&table).expect("the table serialises");
+    write_atomic(&path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(table)
+}
+
+fn print_summary(s: &Summary) {
+    println!("\n== summary ({:.0} s)", s.seconds);
+    println!("{:<34} {:>8} {:>12}", "network", "top-1", "activations");
+    let acts = format!("{}/{}", s.kept, s.activations);
+    let all = format!("{}/{}", s.activations, s.activations);
+    println!(
+        "{:<34} {:>8} {:>12}",
+        "pretrained",
+        pct(Some(s.pretrained_top1)),
+        all
+    );
+    println!(
+        "{:<34} {:>8} {:>12}",
+        "finetuned, unmerged",
+        pct(Some(s.finetuned_top1)),
+        acts
+    );
+    println!(
+        "{:<34} {:>8} {:>12}",
+        format!("merged ({} of {} blocks)", s.merged_blocks, s.blocks),
+        pct(Some(s.merged_top1)),
+        acts
+    );
+    println!(
+        "merge verified: max abs error {:.2e}, max relative error {:.2e} (limit {MERGE_TOLERANCE:e})",
+        s.max_abs_error, s.max_rel_error
+    );
+    println!(
+        "{:<10} {:>18} {:>18} {:>9}",
+        "batch", "unmerged img/s", "merged img/s", "speed-up"
+    );
+    for &(batch, u, m) in &s.throughput {
+        println!("{batch:<10} {u:>18.1} {m:>18.1} {:>8.2}×", m / u);
+    }
+}

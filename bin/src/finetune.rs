@@ -1,0 +1,97 @@
+//! `depthshrink finetune`: stage 2, remove the activations a keep list drops and finetune from
+//! the pretrained weights, optionally distilling from the pretrained network.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::Args;
+use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_shrinker::finetune::{Distill, student};
+use depthshrink_shrinker::train::{CrossEntropy, Objective, TrainConfig, Trainer};
+
+use crate::args::parse_keep;
+use crate::search::load_pretrained;
+use crate::train::{RunArgs, config_threads, load_config, run_stage};
+
+#[derive(Args)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// The pretrained network (the original one, not the search's weights).
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: PathBuf,
+    /// Activations to keep: comma-separated 0/1 per activation index (stem, blocks, head;
+    /// 1 = keep), or a file holding the list (e.g. a search's search.json).
+    #[arg(long, value_name = "LIST|FILE")]
+    pub keep: String,
+    /// Self-distillation from the pretrained network (the `[distill]` table; default
+    /// α = 0.7, T = 1).
+    #[arg(long)]
+    pub distill: bool,
+    /// Weight of the distillation term (implies --distill).
+    #[arg(long, value_name = "A")]
+    pub alpha: Option<f64>,
+    /// Distillation temperature (implies --distill).
+    #[arg(long, value_name = "T")]
+    pub temperature: Option<f64>,
+}
+
+pub fn run(args: &FinetuneArgs, cli_threads: Option<usize>) -> Result<(), String> {
+    let (mut config, stem) = load_config(&args.run)?;
+    if args.distill || args.alpha.is_some() || args.temperature.is_some() {
+        let mut d = config.distill.clone().unwrap_or_default();
+        if let Some(a) = args.alpha {
+            d.alpha = a;
+        }
+        if let Some(t) = args.temperature {
+            d.temperature = t;
+        }
+        d.validate()?;
+        config.distill = Some(d);
+    }
+    config_threads(&config, cli_threads)?;
+    let out = args.run.out_dir(&stem, "-finetune");
+    let pretrained = load_pretrained(&args.pretrained)?;
+    let keep = parse_keep(&args.keep)?;
+    finetune_stage(config, &pretrained, &keep, &out, args.run.resume)?;
+    Ok(())
+}
+
+/// Stage 2: `pretrained` with the activations `keep` drops removed, finetuned per `config`
+/// (distilled from `pretrained` when it has a `[distill]` table), in `out`. Returns the
+/// finetuned network.
+pub fn finetune_stage(
+    config: TrainConfig,
+    pretrained: &MobileNet,
+    keep: &[bool],
+    out: &Path,
+    resume: bool,
+) -> Result<MobileNet, String> {
+    let net = student(pretrained, keep).map_err(|e| format!("--keep: {e}"))?;
+    let smoothing = config.label_smoothing as f32;
+    let mut objective: Box<dyn Objective> = match &config.distill {
+        Some(d) => Box::new(Distill::new(pretrained, d, smoothing).map_err(|e| e.to_string())?),
+        None => Box::new(CrossEntropy { smoothing }),
+    };
+    let start = Instant::now();
+    let mut trainer =
+        Trainer::with_model(config, out, resume, Some(net)).map_err(|e| e.to_string())?;
+    if trainer.model.variant().keep != keep {
+        return Err(format!(
+            "--keep differs from the keep list of the run being resumed in {}",
+            out.display()
+        ));
+    }
+    let kept = keep.iter().filter(|&&k| k).count();
+    let what = format!(
+        "finetuning ({kept} of {} activations kept{})",
+        keep.len(),
+        if trainer.config.distill.is_some() {
+            ", distilled"
+        } else {
+            ""
+        }
+    );
+    run_stage(&what, &mut trainer, objective.as_mut(), resume, start)?;
+    Ok(trainer.model)
+}

@@ -1,0 +1,355 @@
+//! The DepthShrinker stages end to end: `demo` on a tiny run, `search` (gated and random),
+//! `finetune`, a killed-and-resumed search, and their input errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use depthshrink_nn::checkpoint;
+use serde_json::Value;
+
+/// A tiny run: a width-0.25 net (ImageNet layout) on 256 synthetic images in batches of 32.
+const TINY: &str = r#"
+epochs = 1
+seed = 3
+checkpoint_every = 2
+[model]
+width = 0.25
+dropout = 0.0
+[data]
+batch_size = 32
+limit_train = 256
+limit_test = 64
+cache = true
+[optim]
+optimizer = "sgd"
+momentum = 0.9
+nesterov = true
+weight_decay = 5e-4
+[lr]
+schedule = "cosine"
+lr = 0.05
+[search]
+log_every = 2
+"#;
+
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("depthshrink-stages-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_depthshrink"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("the binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn fails_with(args: &[&str], needle: &str) {
+    let out = run(args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} succeeded");
+    assert!(err.contains(needle), "{args:?}: `{needle}` not in: {err}");
+    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Trains the tiny network for one epoch; returns (config path, weights path).
+fn pretrained(dir: &Path) -> (String, PathBuf) {
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let out = dir.join("pretrain");
+    ok(&[
+        "--threads",
+        "2",
+        "train",
+        "--config",
+        s(&config),
+        "--out",
+        s(&out),
+    ]);
+    (s(&config).to_string(), out.join("last.safetensors"))
+}
+
+#[test]
+fn demo_runs_every_stage_and_the_merged_network_keeps_the_accuracy() {
+    let dir = scratch("demo");
+    let config = dir.join("tiny.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let out = dir.join("demo");
+    let args = [
+        "--threads",
+        "2",
+        "demo",
+        "--config",
+        s(&config),
+        "--out",
+        s(&out),
+        "--search-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--bench-batch",
+        "4",
+    ];
+    let stdout = ok(&args);
+    assert!(stdout.contains("== summary"), "{stdout}");
+    let summary = json(&out.join("summary.json"));
+    // keep ratio 0.5 of 19 indices: 9 kept.
+    assert_eq!(summary["kept"], 9);
+    assert_eq!(summary["activations"], 19);
+    assert!(summary["max_rel_error"].as_f64().unwrap() <= 1e-4);
+    // Merging does not change the function: the same test images are classified the same,
+    // up to an argmax flipping on a near-tie.
+    let (finetuned, merged) = (
+        summary["finetuned_top1"].as_f64().unwrap(),
+        summary["merged_top1"].as_f64().unwrap(),
+    );
+    assert!((finetuned - merged).abs() <= 1.0 / 64.0 + 1e-9, "{summary}");
+    for stage in ["pretrain", "search", "finetune"] {
+        assert!(out.join(stage).join("last.safetensors").exists(), "{stage}");
+    }
+    // The search logged its gates every 2 steps (8 steps: 4 records) beside the epoch line.
+    let metrics = std::fs::read_to_string(out.join("search/metrics.jsonl")).unwrap();
+    let steps: Vec<Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v.get("step").is_some())
+        .collect();
+    assert_eq!(steps.len(), 4, "{metrics}");
+    assert_eq!(steps[0]["gates"].as_array().unwrap().len(), 19);
+    // The merged file is self-describing: `eval` needs no architecture flags.
+    ok(&["eval", "--weights", s(&out.join("merged.safetensors"))]);
+    // Running the demo again reuses every finished stage.
+    let again = ok(&args);
+    assert!(again.contains("nothing to do"), "{again}");
+}
+
+#[test]
+fn search_writes_keep_lists_and_finetune_uses_them() {
+    let dir = scratch("search");
+    let (config, weights) = pretrained(&dir);
+    let search = dir.join("search");
+    let stdout = ok(&[
+        "--threads",
+        "2",
+        "search",
+        "--config",
+        &config,
+        "--pretrained",
+        s(&weights),
+        "--keep-ratio",
+        "0.4",
+        "--out",
+        s(&search),
+    ]);
+    assert!(stdout.contains("keep 7 of 19"), "{stdout}");
+    let out = json(&search.join("search.json"));
+    assert_eq!(out["method"], "gates");
+    assert_eq!(out["gates"].as_array().unwrap().len(), 19);
+    let keep = out["keep"].as_array().unwrap();
+    assert_eq!(keep.iter().filter(|k| k.as_u64() == Some(1)).count(), 7);
+    // One keep list per count, nested: each adds one index to the previous.
+    let lists = out["keep_lists"].as_array().unwrap();
+    assert_eq!(lists.len(), 20);
+    for (k, list) in lists.iter().enumerate() {
+        assert_eq!(list["kept"], k);
+    }
+
+    let ft = dir.join("finetune");
+    let keep_file = search.join("search.json");
+    ok(&[
+        "--threads",
+        "2",
+        "finetune",
+        "--config",
+        &config,
+        "--pretrained",
+        s(&weights),
+        "--keep",
+        s(&keep_file),
+        "--distill",
+        "--out",
+        s(&ft),
+    ]);
+    let meta = checkpoint::load(ft.join("last.safetensors"))
+        .unwrap()
+        .metadata;
+    let kept: Vec<u64> = meta["variant"]["keep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| u64::from(v.as_bool().unwrap()))
+        .collect();
+    let want: Vec<u64> = keep.iter().map(|k| k.as_u64().unwrap()).collect();
+    assert_eq!(kept, want);
+    assert_eq!(meta["config"]["distill"]["alpha"], 0.7);
+
+    // The random baseline keeps as many, needs no training and is reproducible.
+    let random = dir.join("random");
+    let stdout = ok(&[
+        "search",
+        "--config",
+        &config,
+        "--random",
+        "--keep-ratio",
+        "0.4",
+        "--out",
+        s(&random),
+    ]);
+    assert!(stdout.contains("keep 7 of 19 (random)"), "{stdout}");
+    assert_eq!(json(&random.join("search.json"))["method"], "random");
+}
+
+#[test]
+fn a_killed_and_resumed_search_ends_with_the_same_gates() {
+    let dir = scratch("resume");
+    let (config, weights) = pretrained(&dir);
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "--threads",
+            "2",
+            "search",
+            "--config",
+            &config,
+            "--pretrained",
+            s(&weights),
+            "--set",
+            "epochs=2",
+            "--out",
+            s(out),
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let (full, killed) = (dir.join("full"), dir.join("killed"));
+    let a = args(&full);
+    ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let mut child = bin()
+        .args(args(&killed))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let last = killed.join("last.safetensors");
+    let start = Instant::now();
+    while !last.exists() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success(), "finished before the kill");
+    let mut resume = args(&killed);
+    resume.push("--resume".into());
+    ok(&resume.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let (a, b) = (
+        json(&full.join("search.json")),
+        json(&killed.join("search.json")),
+    );
+    assert_eq!(a["gates"], b["gates"]);
+    // The per-step gate records are the same lines too (none lost or doubled).
+    let steps = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("\"step\""))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(steps(&full), steps(&killed));
+}
+
+#[test]
+fn stage_inputs_are_checked() {
+    let dir = scratch("errors");
+    let (config, weights) = pretrained(&dir);
+    let w = s(&weights);
+    fails_with(&["search", "--config", &config], "--pretrained");
+    fails_with(
+        &[
+            "search",
+            "--config",
+            &config,
+            "--pretrained",
+            w,
+            "--keep-ratio",
+            "0",
+        ],
+        "keep_ratio",
+    );
+    let bogus = dir.join("bogus.json");
+    std::fs::write(&bogus, "{}").unwrap();
+    fails_with(
+        &[
+            "search",
+            "--config",
+            &config,
+            "--pretrained",
+            w,
+            "--latency",
+            s(&bogus),
+        ],
+        "not a latency table",
+    );
+    fails_with(
+        &[
+            "finetune",
+            "--config",
+            &config,
+            "--pretrained",
+            w,
+            "--keep",
+            "1,0,1",
+        ],
+        "19 activation indices",
+    );
+    fails_with(
+        &[
+            "finetune",
+            "--config",
+            &config,
+            "--pretrained",
+            w,
+            "--keep",
+            "1,0",
+            "--alpha",
+            "2",
+        ],
+        "distill.alpha",
+    );
+    fails_with(
+        &[
+            "finetune",
+            "--config",
+            &config,
+            "--pretrained",
+            s(&bogus),
+            "--keep",
+            "1",
+        ],
+        "bogus.json",
+    );
+}

@@ -1,0 +1,407 @@
+//! Stage 1 (depthshrinker.md §3): learn which activations are redundant.
+//!
+//! One score per activation index lives in the network ([`SearchGates`], parameter
+//! `search.gates`), so the one optimiser, the checkpoints and exact resume cover it. Each step
+//! keeps the k smallest-scored indices (ReLU6) and runs the rest as identity; the
+//! straight-through estimator of `gated_relu6` gives every score its gradient. The optional
+//! latency term λ·Σ ΔLᵢ·g(sᵢ) uses ΔL measured on this machine ([`LatencyTable`]) and, by
+//! default, the sign that pushes the blocks whose merge saves the most towards removal (the
+//! official code's sign does the opposite; it is kept as an option for comparison).
+
+use depthshrink_autograd::{Gradients, Var, ops};
+use depthshrink_data::Batch;
+use depthshrink_nn::Ctx;
+use depthshrink_nn::activation::{Act, SearchGates, keep_smallest};
+use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_tensor::{Tensor, TensorError};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::latency::LatencyTable;
+use crate::train::Objective;
+
+/// The `[search]` table of a config.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchConfig {
+    /// Fraction r of the activation indices kept: k = floor(r·N) (official: 0.4, 7 of 19).
+    #[serde(default = "default_keep_ratio")]
+    pub keep_ratio: f64,
+    /// λ of the latency term. ΔL is taken relative to the unmerged network's latency, so λ does
+    /// not depend on the batch size or the speed of the machine. 0 = no latency term.
+    #[serde(default = "default_latency_weight")]
+    pub latency_weight: f64,
+    #[serde(default)]
+    pub latency_sign: LatencySign,
+    /// Activation indices the search may remove (absent = all); the others are always kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub searchable: Option<Vec<usize>>,
+    /// Log the gate scores to `metrics.jsonl` every this many steps.
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+}
+
+fn default_keep_ratio() -> f64 {
+    0.4
+}
+fn default_latency_weight() -> f64 {
+    1.0
+}
+fn default_log_every() -> usize {
+    20
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        SearchConfig {
+            keep_ratio: default_keep_ratio(),
+            latency_weight: default_latency_weight(),
+            latency_sign: LatencySign::default(),
+            searchable: None,
+            log_every: default_log_every(),
+        }
+    }
+}
+
+/// Which way the latency term pushes the scores.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LatencySign {
+    /// −λ·Σ ΔLᵢ·sᵢ: the term falls as a high-saving block's score grows towards removal.
+    #[default]
+    FavourRemoval,
+    /// +λ·Σ ΔLᵢ·sᵢ, as the official code writes it: high-saving blocks are pushed to be kept.
+    Official,
+}
+
+impl SearchConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.keep_ratio > 0.0 && self.keep_ratio <= 1.0) {
+            return Err(format!(
+                "search.keep_ratio must be in (0, 1], got {}",
+                self.keep_ratio
+            ));
+        }
+        if !(self.latency_weight.is_finite() && self.latency_weight >= 0.0) {
+            return Err(format!(
+                "search.latency_weight must be a finite number ≥ 0, got {}",
+                self.latency_weight
+            ));
+        }
+        if self.log_every == 0 {
+            return Err("search.log_every must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Per index: may the search remove it? Errors on an index outside 0..n.
+    pub fn searchable(&self, n: usize) -> Result<Vec<bool>, String> {
+        match &self.searchable {
+            None => Ok(vec![true; n]),
+            Some(list) => {
+                let mut s = vec![false; n];
+                for &i in list {
+                    *s.get_mut(i).ok_or_else(|| {
+                        format!("search.searchable: index {i} is out of range (0..{n})")
+                    })? = true;
+                }
+                Ok(s)
+            }
+        }
+    }
+}
+
+/// k = floor(r·N), the number of indices a keep ratio keeps.
+pub fn keep_count(ratio: f64, n: usize) -> usize {
+    // The epsilon keeps e.g. 0.4·20 = 8 from flooring to 7.
+    ((ratio * n as f64) + 1e-9).floor() as usize
+}
+
+/// Turns `net` into the search network: gated sites everywhere and fresh scores (kept when the
+/// network already carries some, e.g. resumed from a search checkpoint).
+pub fn install_gates(net: &mut MobileNet, config: &SearchConfig) -> Result<(), String> {
+    let n = net.num_acts();
+    let searchable = config.searchable(n)?;
+    let keep = keep_count(config.keep_ratio, n);
+    let mut gates = SearchGates::new(keep, searchable);
+    if let Some(old) = net.search.take() {
+        gates.scores = old.scores;
+    }
+    net.search = Some(gates);
+    let acts: Vec<Act> = (0..n).map(|index| Act::Gated { index }).collect();
+    net.set_acts(&acts).map_err(|e| e.to_string())
+}
+
+/// The search's objective: cross-entropy through the gated network, plus the latency term's
+/// gradient on the scores.
+pub struct GateSearch {
+    pub smoothing: f32,
+    /// d(latency term)/dsᵢ per index: ±λ·ΔLᵢ/L (constant: the term is linear in s).
+    pub pull: Vec<f32>,
+    pub log_every: usize,
+}
+
+impl GateSearch {
+    /// `latency` = None: no latency term.
+    pub fn new(
+        config: &SearchConfig,
+        latency: Option<&LatencyTable>,
+        n: usize,
+        smoothing: f32,
+    ) -> GateSearch {
+        let pull = match latency {
+            Some(table) if config.latency_weight > 0.0 => {
+                let sign = match config.latency_sign {
+                    LatencySign::FavourRemoval => -1.0,
+                    LatencySign::Official => 1.0,
+                };
+                table
+                    .savings()
+                    .iter()
+                    .map(|&dl| (sign * config.latency_weight * dl / table.network_ms) as f32)
+                    .collect()
+            }
+            _ => vec![0.0; n],
+        };
+        GateSearch {
+            smoothing,
+            pull,
+            log_every: config.log_every,
+        }
+    }
+}
+
+fn no_gates() -> TensorError {
+    TensorError::argument("search", "the network carries no search gates")
+}
+
+impl Objective for GateSearch {
+    fn loss(
+        &mut self,
+        model: &mut MobileNet,
+        ctx: &mut Ctx,
+        batch: &Batch,
+    ) -> depthshrink_tensor::Result<(Var, Tensor)> {
+        let gates = model.search.as_mut().ok_or_else(no_gates)?.bind(ctx)?;
+        ctx.gates = Some(gates);
+        let logits = model.forward(&Var::constant(batch.images.clone()), ctx)?;
+        let loss = ops::cross_entropy(&logits, &batch.labels, self.smoothing)?;
+        Ok((loss, logits.value().clone()))
+    }
+
+    fn after_backward(&mut self, model: &mut MobileNet, _grads: &mut Gradients) {
+        let Some(search) = model.search.as_mut() else {
+            return;
+        };
+        let n = self.pull.len();
+        let grad = search
+            .scores
+            .grad
+            .get_or_insert_with(|| Tensor::zeros(&[n]));
+        for (g, p) in grad.data_mut().iter_mut().zip(&self.pull) {
+            *g += p;
+        }
+    }
+
+    fn step_log(&mut self, model: &MobileNet, step: usize) -> Option<Value> {
+        let search = model.search.as_ref()?;
+        step.is_multiple_of(self.log_every).then(|| {
+            json!({
+                "gates": search.scores.value.data(),
+                "keep": bits(&search.decision()),
+            })
+        })
+    }
+}
+
+/// A keep list as 0/1, the form the CLI and config files use.
+pub fn bits(keep: &[bool]) -> Vec<u8> {
+    keep.iter().map(|&k| u8::from(k)).collect()
+}
+
+/// One keep list of a search's output.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeepList {
+    pub kept: usize,
+    pub ratio: f64,
+    pub keep: Vec<u8>,
+    /// ΔL summed over the removed blocks, from the latency table (ms), when one was given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saving_ms: Option<f64>,
+}
+
+/// What `depthshrink search` writes (`search.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SearchOutput {
+    /// "gates" (learnt scores) or "random" (the baseline).
+    pub method: String,
+    pub keep_ratio: f64,
+    /// The keep list at `keep_ratio` (what `finetune --keep FILE` reads).
+    pub keep: Vec<u8>,
+    /// Final scores (absent for the random baseline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gates: Option<Vec<f32>>,
+    /// Keep lists for every count from the always-kept indices to all of them.
+    pub keep_lists: Vec<KeepList>,
+}
+
+fn keep_list(keep: Vec<bool>, latency: Option<&LatencyTable>) -> KeepList {
+    let kept = keep.iter().filter(|&&k| k).count();
+    let saving_ms = latency.map(|t| {
+        t.savings()
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| !**k)
+            .map(|(s, _)| s)
+            .sum()
+    });
+    KeepList {
+        kept,
+        ratio: kept as f64 / keep.len() as f64,
+        keep: bits(&keep),
+        saving_ms,
+    }
+}
+
+impl SearchOutput {
+    /// From learnt scores: the k smallest at every k.
+    pub fn from_scores(
+        scores: &[f32],
+        searchable: &[bool],
+        keep_ratio: f64,
+        latency: Option<&LatencyTable>,
+    ) -> SearchOutput {
+        let n = scores.len();
+        let fixed = searchable.iter().filter(|&&s| !s).count();
+        let keep_lists = (fixed..=n)
+            .map(|k| keep_list(keep_smallest(scores, k, searchable), latency))
+            .collect();
+        SearchOutput {
+            method: "gates".into(),
+            keep_ratio,
+            keep: bits(&keep_smallest(
+                scores,
+                keep_count(keep_ratio, n),
+                searchable,
+            )),
+            gates: Some(scores.to_vec()),
+            keep_lists,
+        }
+    }
+
+    /// The random-removal baseline: the same number of kept indices, chosen at random (seeded)
+    /// among the searchable ones.
+    pub fn random(
+        searchable: &[bool],
+        keep_ratio: f64,
+        seed: u64,
+        latency: Option<&LatencyTable>,
+    ) -> SearchOutput {
+        let n = searchable.len();
+        let mut order: Vec<usize> = (0..n).filter(|&i| searchable[i]).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+        // A random permutation as scores: rank = position, so "k smallest" is a random k-set
+        // and the lists for different k are nested, like the learnt ones.
+        let mut scores = vec![0f32; n];
+        for (rank, &i) in order.iter().enumerate() {
+            scores[i] = rank as f32;
+        }
+        SearchOutput {
+            method: "random".into(),
+            gates: None,
+            ..SearchOutput::from_scores(&scores, searchable, keep_ratio, latency)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depthshrink_nn::arch::ArchConfig;
+
+    #[test]
+    fn keep_count_floors_the_ratio() {
+        assert_eq!(keep_count(0.4, 19), 7);
+        assert_eq!(keep_count(0.4, 20), 8);
+        assert_eq!(keep_count(1.0, 19), 19);
+        assert_eq!(keep_count(0.01, 19), 0);
+    }
+
+    #[test]
+    fn random_baseline_keeps_the_same_count_and_respects_fixed_indices() {
+        let mut searchable = vec![true; 19];
+        searchable[18] = false;
+        let out = SearchOutput::random(&searchable, 0.4, 3, None);
+        assert_eq!(out.keep.iter().filter(|&&k| k == 1).count(), 7);
+        assert_eq!(out.keep[18], 1);
+        assert_eq!(out.keep_lists.len(), 19);
+        assert_eq!(out.keep_lists[0].kept, 1);
+        // Another seed, another set; the same seed, the same set.
+        assert_ne!(
+            out.keep,
+            SearchOutput::random(&searchable, 0.4, 4, None).keep
+        );
+        assert_eq!(out, SearchOutput::random(&searchable, 0.4, 3, None));
+    }
+
+    #[test]
+    fn searchable_indices_are_checked() {
+        let config = SearchConfig {
+            searchable: Some(vec![0, 3]),
+            ..SearchConfig::default()
+        };
+        assert_eq!(config.searchable(4).unwrap(), [true, false, false, true]);
+        assert!(config.searchable(3).unwrap_err().contains("index 3"));
+    }
+
+    /// One search step moves the scores by the STE gradient plus the latency pull, and the
+    /// favour-removal sign raises the score (towards removal) of a block that saves latency.
+    #[test]
+    fn latency_pull_has_the_configured_sign() {
+        let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
+        let mut net = MobileNet::new(&arch, 0);
+        let n = net.num_acts();
+        install_gates(&mut net, &SearchConfig::default()).unwrap();
+        let blocks = (1..n - 1)
+            .map(|index| crate::latency::BlockLatency {
+                index,
+                cin: 1,
+                cout: 1,
+                k: 3,
+                stride: 1,
+                size: 8,
+                unmerged_ms: if index == 3 { 3.0 } else { 1.0 },
+                merged_ms: 1.0,
+            })
+            .collect();
+        let table = crate::latency::LatencyTable {
+            arch,
+            res: 8,
+            batch: 1,
+            threads: 1,
+            blocks,
+            network_ms: 10.0,
+            merged_network_ms: 5.0,
+        };
+        for (sign, want) in [
+            (LatencySign::FavourRemoval, -0.1),
+            (LatencySign::Official, 0.1),
+        ] {
+            let config = SearchConfig {
+                latency_weight: 0.5,
+                latency_sign: sign,
+                ..SearchConfig::default()
+            };
+            let mut obj = GateSearch::new(&config, Some(&table), n, 0.0);
+            net.search.as_mut().unwrap().scores.grad = None;
+            obj.after_backward(&mut net, &mut Gradients::default());
+            let grad = net.search.as_ref().unwrap().scores.grad.clone().unwrap();
+            // 0.5 · (3 − 1) / 10 = 0.1; gradient descent moves s against the gradient.
+            assert!((grad.data()[3] - want).abs() < 1e-7, "{sign:?}");
+            assert_eq!(grad.data()[2], 0.0);
+        }
+    }
+}
