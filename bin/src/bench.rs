@@ -14,12 +14,14 @@ use depthshrink_nn::Ctx;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module;
 use depthshrink_nn::optim::{Optimizer, Sgd, SgdConfig};
+use depthshrink_shrinker::latency::compare_networks;
 use depthshrink_shrinker::merge::{blocks_to_merge, merge_network};
 use depthshrink_tensor::conv::{self, ConvParams};
 use depthshrink_tensor::{Tensor, gemm};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -72,6 +74,10 @@ pub struct InferArgs {
     /// Merge the blocks --keep removes before timing (as `depthshrink merge` would).
     #[arg(long, requires = "keep")]
     merged: bool,
+    /// Time the unmerged and the merged network in one process, runs interleaved, and print
+    /// both with the speed-up (the fair comparison on a shared machine).
+    #[arg(long, requires = "keep", conflicts_with = "merged")]
+    compare: bool,
 }
 
 #[derive(Args)]
@@ -106,6 +112,9 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
                     net
                 }
             };
+            if args.compare {
+                return compare_merged(&net, &args);
+            }
             let net = if args.merged {
                 let merge = blocks_to_merge(&net, false, None);
                 merge_network(&net, &merge).map_err(|e| e.to_string())?
@@ -413,6 +422,44 @@ fn model_bench(
             record.images_per_s,
             ms,
             record.peak_rss_mb
+        );
+    }
+    Ok(())
+}
+
+/// `bench infer --compare`: unmerged vs merged, interleaved.
+fn compare_merged(net: &MobileNet, args: &InferArgs) -> Result<(), String> {
+    let m = &args.model;
+    if m.batch == 0 {
+        return Err("--batch must be at least 1".into());
+    }
+    let res = args.res.unwrap_or(if net.arch.cifar { 32 } else { 224 });
+    let merge = blocks_to_merge(net, false, None);
+    let merged = merge_network(net, &merge).map_err(|e| e.to_string())?;
+    let ms = compare_networks(&[net, &merged], res, m.batch, m.runs).map_err(|e| e.to_string())?;
+    let ips = |ms: f64| m.batch as f64 / (ms / 1e3);
+    let record = json!({
+        "bench": "infer_compare",
+        "width": net.arch.width,
+        "cifar": net.arch.cifar,
+        "res": res,
+        "batch": m.batch,
+        "merged_blocks": merge.iter().filter(|&&b| b).count(),
+        "unmerged_images_per_s": ips(ms[0]),
+        "merged_images_per_s": ips(ms[1]),
+        "speedup": ms[0] / ms[1],
+    });
+    if m.json {
+        println!("{record}");
+    } else {
+        println!(
+            "infer w{} {res}² batch {}: unmerged {:.1} images/s, merged ({} blocks) {:.1} images/s, speed-up {:.2}×",
+            net.arch.width,
+            m.batch,
+            ips(ms[0]),
+            record["merged_blocks"],
+            ips(ms[1]),
+            ms[0] / ms[1]
         );
     }
     Ok(())

@@ -283,6 +283,30 @@ fn a_killed_and_resumed_search_ends_with_the_same_gates() {
 }
 
 #[test]
+fn bench_compare_times_unmerged_and_merged_in_one_process() {
+    let stdout = ok(&[
+        "bench",
+        "infer",
+        "--compare",
+        "--cifar",
+        "--width",
+        "0.25",
+        "--keep",
+        "0,0,0,0,1,1,0,0,0,0,0,0,0,0,1,1,1,1,1",
+        "--batch",
+        "2",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["merged_blocks"], 10);
+    for key in ["unmerged_images_per_s", "merged_images_per_s", "speedup"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {v}");
+    }
+}
+
+#[test]
 fn stage_inputs_are_checked() {
     let dir = scratch("errors");
     let (config, weights) = pretrained(&dir);

@@ -96,6 +96,26 @@ enum Decay {
 }
 
 impl ScheduleConfig {
+    /// The peak learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            ScheduleConfig::Cosine { lr, .. }
+            | ScheduleConfig::Step { lr, .. }
+            | ScheduleConfig::MultiStep { lr, .. }
+            | ScheduleConfig::Constant { lr, .. } => *lr,
+        }
+    }
+
+    /// Sets the peak learning rate.
+    pub fn set_lr(&mut self, value: f64) {
+        match self {
+            ScheduleConfig::Cosine { lr, .. }
+            | ScheduleConfig::Step { lr, .. }
+            | ScheduleConfig::MultiStep { lr, .. }
+            | ScheduleConfig::Constant { lr, .. } => *lr = value,
+        }
+    }
+
     /// Resolves epochs to iterations for a run of `epochs` epochs of `iters_per_epoch` steps.
     pub fn build(
         &self,

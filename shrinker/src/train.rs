@@ -290,12 +290,7 @@ impl TrainConfig {
         self.lr
             .build(self.epochs, 1)
             .map_err(|e| TrainError::Config(format!("lr: {e}")))?;
-        let lr = match &self.lr {
-            ScheduleConfig::Cosine { lr, .. }
-            | ScheduleConfig::Step { lr, .. }
-            | ScheduleConfig::MultiStep { lr, .. }
-            | ScheduleConfig::Constant { lr, .. } => *lr,
-        };
+        let lr = self.lr.lr();
         if !(lr.is_finite() && lr >= 0.0) {
             return bad(format!(
                 "lr.lr must be a finite non-negative number, got {lr}"
