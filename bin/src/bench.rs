@@ -74,9 +74,10 @@ pub struct InferArgs {
     /// Merge the blocks --keep removes before timing (as `depthshrink merge` would).
     #[arg(long, requires = "keep")]
     merged: bool,
-    /// Time the unmerged and the merged network in one process, runs interleaved, and print
-    /// both with the speed-up (the fair comparison on a shared machine).
-    #[arg(long, requires = "keep", conflicts_with = "merged")]
+    /// Time the unmerged network (activations removed by --keep or by the finetuned weights)
+    /// and its merged form in one process, runs interleaved, and print both with the
+    /// speed-up (the fair comparison on a shared machine).
+    #[arg(long, conflicts_with = "merged")]
     compare: bool,
 }
 
@@ -435,6 +436,12 @@ fn compare_merged(net: &MobileNet, args: &InferArgs) -> Result<(), String> {
     }
     let res = args.res.unwrap_or(if net.arch.cifar { 32 } else { 224 });
     let merge = blocks_to_merge(net, false, None);
+    if !merge.contains(&true) {
+        return Err(
+            "--compare: no block to merge (give --keep, or the weights of a finetuned network)"
+                .into(),
+        );
+    }
     let merged = merge_network(net, &merge).map_err(|e| e.to_string())?;
     let ms = compare_networks(&[net, &merged], res, m.batch, m.runs).map_err(|e| e.to_string())?;
     let ips = |ms: f64| m.batch as f64 / (ms / 1e3);

@@ -314,6 +314,19 @@ fn stage_inputs_are_checked() {
     fails_with(&["search", "--config", &config], "--pretrained");
     fails_with(
         &[
+            "bench",
+            "infer",
+            "--compare",
+            "--cifar",
+            "--width",
+            "0.25",
+            "--runs",
+            "1",
+        ],
+        "no block to merge",
+    );
+    fails_with(
+        &[
             "search",
             "--config",
             &config,
