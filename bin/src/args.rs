@@ -72,6 +72,13 @@ pub fn load_model(
     Ok(net)
 }
 
+/// Writes `value` as pretty JSON, atomically (temp file, then rename).
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), String> {
+    let json = serde_json::to_vec_pretty(value).expect("our outputs serialise to JSON");
+    depthshrink_nn::checkpoint::write_atomic(path, &json)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 /// A keep list: comma-separated 0/1 in activation-index order (1 = keep), or a file holding
 /// such a list, a JSON array of 0/1, a JSON object with a `keep` array (a search's
 /// search.json), or a TOML file with `keep = [...]` (configs/mbv2-140-*.toml).

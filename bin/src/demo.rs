@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use depthshrink_nn::checkpoint::{self, write_atomic};
+use depthshrink_nn::checkpoint;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::state_dict;
 use depthshrink_shrinker::finetune::DistillConfig;
@@ -18,29 +18,16 @@ use depthshrink_shrinker::search::{SearchConfig, bits};
 use depthshrink_shrinker::train::{CrossEntropy, LAST, TrainConfig, Trainer, evaluate};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-use serde_json::json;
 
+use crate::args::write_json;
 use crate::finetune::finetune_stage;
 use crate::search::{load_pretrained, print_output, read_latency, search_stage};
-use crate::train::{RunArgs, config_threads, load_config, pct, run_stage};
+use crate::train::{ConfigArgs, config_threads, load_config, pct, run_stage};
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Config of every stage (TOML; the stages override `epochs`) [default: the built-in
-    /// configs/synthetic-mbv2.toml].
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Data directory instead of the built-in synthetic set (CIFAR-10 binaries or class
-    /// folders).
-    #[arg(long, value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// Output directory, one subdirectory per stage [default: runs/<config stem>-demo]. Stages
-    /// already there are resumed or, when finished, reused.
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Override a config value by its dotted key (see `train --help`). Repeatable.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    #[command(flatten)]
+    pub setup: ConfigArgs,
     /// Start from this pretrained network (its architecture must match the config's model)
     /// [default: on the synthetic set with the built-in config, the shipped
     /// models/synthetic-mbv2-w0.5.safetensors when present, else --pretrain-epochs].
@@ -121,14 +108,7 @@ fn pretrain_stage(config: &TrainConfig, out: &Path) -> Result<MobileNet, String>
 
 pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     let started = Instant::now();
-    let run = RunArgs {
-        config: args.config.clone(),
-        data: args.data.clone(),
-        out: args.out.clone(),
-        set: args.set.clone(),
-        resume: false,
-    };
-    let (config, stem) = load_config(&run)?;
+    let (config, stem) = load_config(&args.setup)?;
     config_threads(&config, cli_threads)?;
     if args.search_epochs == 0 || args.finetune_epochs == 0 || args.bench_batch == 0 {
         return Err(
@@ -142,11 +122,11 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     search
         .validate()
         .map_err(|e| format!("--keep-ratio: {e}"))?;
-    let out = run.out_dir(&stem, "-demo");
+    let out = args.setup.out_dir(&stem, "-demo");
 
     stage(1, "pretrained network");
     let shipped = Path::new(SHIPPED);
-    let default_setup = args.config.is_none() && args.data.is_none();
+    let default_setup = args.setup.config.is_none() && args.setup.data.is_none();
     let pretrained = match (&args.pretrained, args.pretrain_epochs) {
         (Some(path), _) => {
             println!("loading {}", path.display());
@@ -285,8 +265,7 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     };
     print_summary(&summary);
     let path = out.join("summary.json");
-    let json = serde_json::to_vec_pretty(&json!(summary)).expect("summary serialises");
-    write_atomic(&path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    write_json(&path, &summary)?;
     println!(
         "wrote {} (every stage's run is in {})",
         path.display(),
@@ -319,9 +298,7 @@ fn latency_table(
         table.blocks.len()
     );
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let path = out.join("latency.json");
-    let json = serde_json::to_vec_pretty(&table).expect("the table serialises");
-    write_atomic(&path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    write_json(&out.join("latency.json"), &table)?;
     Ok(table)
 }
 

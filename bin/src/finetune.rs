@@ -37,7 +37,7 @@ pub struct FinetuneArgs {
 }
 
 pub fn run(args: &FinetuneArgs, cli_threads: Option<usize>) -> Result<(), String> {
-    let (mut config, stem) = load_config(&args.run)?;
+    let (mut config, stem) = load_config(&args.run.setup)?;
     if args.distill || args.alpha.is_some() || args.temperature.is_some() {
         let mut d = config.distill.clone().unwrap_or_default();
         if let Some(a) = args.alpha {
@@ -50,7 +50,7 @@ pub fn run(args: &FinetuneArgs, cli_threads: Option<usize>) -> Result<(), String
         config.distill = Some(d);
     }
     config_threads(&config, cli_threads)?;
-    let out = args.run.out_dir(&stem, "-finetune");
+    let out = args.run.setup.out_dir(&stem, "-finetune");
     let pretrained = load_pretrained(&args.pretrained)?;
     let keep = parse_keep(&args.keep)?;
     finetune_stage(config, &pretrained, &keep, &out, args.run.resume)?;

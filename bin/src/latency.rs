@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use depthshrink_nn::checkpoint::write_atomic;
 use depthshrink_shrinker::latency::measure;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::args::ArchArgs;
+use crate::args::{ArchArgs, write_json};
 
 #[derive(Args)]
 pub struct LatencyArgs {
@@ -71,8 +70,7 @@ pub fn run(args: &LatencyArgs) -> Result<(), String> {
         table.threads
     );
     if let Some(out) = &args.out {
-        let json = serde_json::to_vec_pretty(&table).expect("the table serialises");
-        write_atomic(out, &json).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+        write_json(out, &table)?;
         println!("wrote {}", out.display());
     }
     Ok(())

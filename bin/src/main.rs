@@ -37,7 +37,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// The whole method in one command on the built-in synthetic data (no flags needed):
-    /// pretrain → latency table → search → finetune → merge → verify → benchmark.
+    /// pretrain → latency table → search → finetune → merge → verify → benchmark. The config
+    /// is every stage's (they override `epochs`); stages already in the output directory are
+    /// resumed or, when finished, reused.
     Demo(demo::DemoArgs),
     /// Train a network from a TOML config, with exact resume (see configs/).
     Train(train::TrainArgs),

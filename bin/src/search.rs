@@ -5,12 +5,13 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
-use depthshrink_nn::checkpoint::{self, write_atomic};
+use depthshrink_nn::checkpoint;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_shrinker::latency::LatencyTable;
 use depthshrink_shrinker::search::{GateSearch, SearchOutput, install_gates};
 use depthshrink_shrinker::train::{TrainConfig, Trainer};
 
+use crate::args::write_json;
 use crate::train::{RunArgs, config_threads, load_config, run_stage};
 
 /// The search's output file, in the run directory.
@@ -72,7 +73,7 @@ pub fn read_latency(path: &Path, n: usize) -> Result<LatencyTable, String> {
 }
 
 pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> {
-    let (mut config, stem) = load_config(&args.run)?;
+    let (mut config, stem) = load_config(&args.run.setup)?;
     let mut search = config.search.clone().unwrap_or_default();
     if let Some(r) = args.keep_ratio {
         search.keep_ratio = r;
@@ -84,6 +85,7 @@ pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> 
     config_threads(&config, cli_threads)?;
     let out = args
         .run
+        .setup
         .out_dir(&stem, if args.random { "-random" } else { "-search" });
     let pretrained = match &args.pretrained {
         Some(path) => Some(load_pretrained(path)?),
@@ -163,9 +165,7 @@ pub fn search_stage(
 
 fn write_output(out: &Path, output: &SearchOutput) -> Result<(), String> {
     std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let path = out.join(SEARCH_JSON);
-    let json = serde_json::to_vec_pretty(output).expect("search output serialises");
-    write_atomic(&path, &json).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    write_json(&out.join(SEARCH_JSON), output)
 }
 
 pub fn print_output(output: &SearchOutput) {

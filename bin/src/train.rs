@@ -21,22 +21,30 @@ pub struct TrainArgs {
     pub run: RunArgs,
 }
 
-/// What every training-like command (train, search, finetune) takes.
+/// What every training-like command (train, search, finetune, demo) takes.
 #[derive(Args)]
-pub struct RunArgs {
+pub struct ConfigArgs {
     /// Training config (TOML) [default: the built-in configs/synthetic-mbv2.toml].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Data directory (overrides `data.dir`; CIFAR-10 binaries or class folders).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Output directory [default: runs/<config file stem>].
+    /// Output directory [default: runs/<config file stem>, plus -search, -finetune or -demo
+    /// for those commands].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Override a config value by its dotted key, e.g. `--set epochs=3 --set optim.momentum=0.8`
     /// (values are TOML; anything else is taken as a string). Repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+}
+
+/// [`ConfigArgs`] plus `--resume`: train, search and finetune.
+#[derive(Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub setup: ConfigArgs,
     /// Continue the run in the output directory from its last.safetensors.
     #[arg(long)]
     pub resume: bool,
@@ -44,7 +52,7 @@ pub struct RunArgs {
 
 /// Reads the config (file or built-in) and applies `--set` and `--data`; returns it with its
 /// stem (for the default output directory).
-pub fn load_config(args: &RunArgs) -> Result<(TrainConfig, String), String> {
+pub fn load_config(args: &ConfigArgs) -> Result<(TrainConfig, String), String> {
     let (text, stem) = match &args.config {
         Some(path) => {
             let text =
@@ -78,7 +86,7 @@ pub fn load_config(args: &RunArgs) -> Result<(TrainConfig, String), String> {
     Ok((config, stem))
 }
 
-impl RunArgs {
+impl ConfigArgs {
     /// The output directory: `--out`, else `runs/<stem><suffix>`.
     pub fn out_dir(&self, stem: &str, suffix: &str) -> PathBuf {
         self.out
@@ -102,9 +110,9 @@ pub fn config_threads(config: &TrainConfig, cli_threads: Option<usize>) -> Resul
 
 pub fn run(args: &TrainArgs, cli_threads: Option<usize>) -> Result<(), String> {
     let args = &args.run;
-    let (config, stem) = load_config(args)?;
+    let (config, stem) = load_config(&args.setup)?;
     config_threads(&config, cli_threads)?;
-    let out = args.out_dir(&stem, "");
+    let out = args.setup.out_dir(&stem, "");
     let start = Instant::now();
     let mut trainer = Trainer::new(config, &out, args.resume).map_err(|e| e.to_string())?;
     let mut objective = CrossEntropy {
