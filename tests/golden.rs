@@ -9,6 +9,7 @@ use depthshrinker::nn::checkpoint::{self, Checkpoint, LoadOptions};
 use depthshrinker::nn::mobilenet::MobileNet;
 use depthshrinker::nn::optim::{Optimizer, Sgd, SgdConfig};
 use depthshrinker::nn::{Ctx, Module, loss, module};
+use depthshrinker::tensor::batchnorm::BnOptions;
 use depthshrinker::tensor::conv::{self, ConvParams};
 use depthshrinker::tensor::{Tensor, elementwise, gemm, pool, softmax};
 
@@ -96,7 +97,7 @@ fn batch_norm_linear_relu6_pool_match_pytorch() {
         );
         let (mut rm, mut rv) = (c("running_mean").clone(), c("running_var").clone());
         let y = if train {
-            ops::batch_norm_train(&x, &g, &b, &mut rm, &mut rv, 0.1, 1e-5).unwrap()
+            ops::batch_norm_train(&x, &g, &b, &mut rm, &mut rv, BnOptions::default()).unwrap()
         } else {
             ops::batch_norm_eval(&x, &g, &b, &rm, &rv, 1e-5).unwrap()
         };

@@ -5,6 +5,7 @@
 use depthshrink_autograd::gradcheck::GradCheck;
 use depthshrink_autograd::{Tape, Var, ops};
 use depthshrink_tensor::Tensor;
+use depthshrink_tensor::batchnorm::BnOptions;
 use depthshrink_tensor::conv::ConvParams;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -35,6 +36,30 @@ fn away_from_kinks(rng: &mut StdRng, shape: &[usize]) -> Tensor {
     Tensor::from_vec(shape, data).unwrap()
 }
 
+/// A random N×C×H×W input whose batch-normalised values x̂ give `gamma·x̂ + beta` at least 0.2
+/// away from ReLU6's kinks at 0 and 6 (redrawn until they do).
+fn bn_input_away_from_kinks(rng: &mut StdRng, shape: &[usize], gamma: f32, beta: f32) -> Tensor {
+    let (c, hw) = (shape[1], shape[2] * shape[3]);
+    loop {
+        let x = random(rng, shape);
+        let ok = (0..c).all(|ch| {
+            let vals: Vec<f32> = (x.data().chunks(hw).skip(ch).step_by(c))
+                .flatten()
+                .copied()
+                .collect();
+            let mean = vals.iter().sum::<f32>() / vals.len() as f32;
+            let var = vals.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / vals.len() as f32;
+            vals.iter().all(|v| {
+                let y = gamma * (v - mean) / (var + 1e-5).sqrt() + beta;
+                y.abs() > 0.2 && (y - 6.0).abs() > 0.2
+            })
+        });
+        if ok {
+            return x;
+        }
+    }
+}
+
 fn check(f: impl Fn(&[Var]) -> depthshrink_tensor::Result<Var>, inputs: &[Tensor]) {
     GradCheck::default()
         .check(f, inputs)
@@ -62,6 +87,19 @@ fn conv2d_dense_grouped_and_depthwise() {
         ];
         check(|v| ops::conv2d(&v[0], &v[1], Some(&v[2]), p), &inputs);
     }
+    // Fused ReLU6: an identity 1×1 conv keeps the outputs (= inputs) away from the kinks.
+    let c = 3;
+    let eye = (0..c * c).map(|i| if i % (c + 1) == 0 { 1.0 } else { 0.0 });
+    let inputs = [
+        away_from_kinks(&mut rng, &[2, c, 4, 3]),
+        Tensor::from_vec(&[c, c, 1, 1], eye.collect()).unwrap(),
+        Tensor::zeros(&[c]),
+    ];
+    let p = ConvParams::new(1, 0, 1);
+    check(
+        |v| ops::conv2d_act(&v[0], &v[1], Some(&v[2]), p, true),
+        &inputs,
+    );
 }
 
 #[test]
@@ -109,9 +147,27 @@ fn batch_norm_train_and_eval() {
         |v| {
             // Fresh running statistics per call, so the checked function is deterministic.
             let (mut m, mut var) = (rm.clone(), rv.clone());
-            ops::batch_norm_train(&v[0], &v[1], &v[2], &mut m, &mut var, 0.1, 1e-5)
+            ops::batch_norm_train(&v[0], &v[1], &v[2], &mut m, &mut var, BnOptions::default())
         },
         &inputs,
+    );
+    // Fused ReLU6: γ = 4, β = 3 put the outputs in about [−5, 11], so the clamp cuts at both
+    // ends, with every output kept 0.2 away from the kinks at 0 and 6.
+    let opts = BnOptions {
+        relu6: true,
+        ..Default::default()
+    };
+    let wide = [
+        bn_input_away_from_kinks(&mut rng, &[2, 3, 2, 2], 4.0, 3.0),
+        Tensor::full(&[3], 4.0),
+        Tensor::full(&[3], 3.0),
+    ];
+    check(
+        |v| {
+            let (mut m, mut var) = (Tensor::zeros(&[3]), Tensor::full(&[3], 1.0));
+            ops::batch_norm_train(&v[0], &v[1], &v[2], &mut m, &mut var, opts)
+        },
+        &wide,
     );
     check(
         |v| ops::batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5),

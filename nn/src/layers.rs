@@ -1,10 +1,12 @@
 //! Conv2d, BatchNorm2d, Linear and the conv → BN pair, with torchvision's initialisation.
 
 use depthshrink_autograd::{Var, ops};
+use depthshrink_tensor::batchnorm::BnOptions;
 use depthshrink_tensor::conv::ConvParams;
 use depthshrink_tensor::{Result, Tensor, TensorError};
 use rand::Rng;
 
+use crate::activation::Act;
 use crate::module::{Ctx, Entry, Module, Param, join};
 
 /// Samples N(0, std²) by Box–Muller (rand 0.9 ships no normal distribution).
@@ -55,14 +57,21 @@ impl Conv2d {
     }
 
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        self.forward_padded(x, ctx, self.params.pad)
+        self.forward_act(x, ctx, Act::Identity)
     }
 
-    /// The same conv with another zero padding (pad-first blocks run their depthwise at 0).
-    pub fn forward_padded(&mut self, x: &Var, ctx: &Ctx, pad: usize) -> Result<Var> {
+    /// The conv, then `act` (a ReLU6 runs inside the conv's output pass).
+    pub fn forward_act(&mut self, x: &Var, ctx: &Ctx, act: Act) -> Result<Var> {
+        self.forward_padded(x, ctx, self.params.pad, act)
+    }
+
+    /// The same with another zero padding (pad-first blocks run their depthwise at 0).
+    pub fn forward_padded(&mut self, x: &Var, ctx: &Ctx, pad: usize, act: Act) -> Result<Var> {
         let w = self.weight.bind(ctx);
         let b = self.bias.as_mut().map(|b| b.bind(ctx));
-        ops::conv2d(x, &w, b.as_ref(), ConvParams { pad, ..self.params })
+        let (p, relu6) = (ConvParams { pad, ..self.params }, act == Act::Relu6);
+        let y = ops::conv2d_act(x, &w, b.as_ref(), p, relu6)?;
+        if relu6 { Ok(y) } else { act.apply(&y, ctx) }
     }
 
     pub fn kernel_size(&self) -> usize {
@@ -104,19 +113,28 @@ impl BatchNorm2d {
 
     /// Batch statistics (and a running-stat update) in training, running statistics otherwise.
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
+        self.forward_act(x, ctx, Act::Identity)
+    }
+
+    /// [`BatchNorm2d::forward`] then `act`; in training a ReLU6 runs inside the BN's own pass.
+    pub fn forward_act(&mut self, x: &Var, ctx: &Ctx, act: Act) -> Result<Var> {
         let (g, b) = (self.weight.bind(ctx), self.bias.bind(ctx));
-        if ctx.train {
-            ops::batch_norm_train(
-                x,
-                &g,
-                &b,
-                &mut self.running_mean,
-                &mut self.running_var,
-                self.momentum,
-                self.eps,
-            )
+        if !ctx.train {
+            let y =
+                ops::batch_norm_eval(x, &g, &b, &self.running_mean, &self.running_var, self.eps)?;
+            return act.apply(&y, ctx);
+        }
+        let opts = BnOptions {
+            eps: self.eps,
+            momentum: self.momentum,
+            relu6: act == Act::Relu6,
+        };
+        let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
+        let y = ops::batch_norm_train(x, &g, &b, rm, rv, opts)?;
+        if opts.relu6 {
+            Ok(y)
         } else {
-            ops::batch_norm_eval(x, &g, &b, &self.running_mean, &self.running_var, self.eps)
+            act.apply(&y, ctx)
         }
     }
 
@@ -216,15 +234,22 @@ impl ConvBn {
     }
 
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        self.forward_padded(x, ctx, self.conv.params.pad)
+        self.forward_act(x, ctx, Act::Identity)
     }
 
-    /// Conv with zero padding `pad`, then BN (unless folded).
-    pub fn forward_padded(&mut self, x: &Var, ctx: &Ctx, pad: usize) -> Result<Var> {
-        let y = self.conv.forward_padded(x, ctx, pad)?;
+    /// Conv, BN and the activation `act` (fused into the BN's pass where possible).
+    pub fn forward_act(&mut self, x: &Var, ctx: &Ctx, act: Act) -> Result<Var> {
+        self.forward_padded(x, ctx, self.conv.params.pad, act)
+    }
+
+    /// Conv with zero padding `pad`, then BN (unless folded), then `act`.
+    pub fn forward_padded(&mut self, x: &Var, ctx: &Ctx, pad: usize, act: Act) -> Result<Var> {
         match (self.folded, ctx.train) {
-            (false, _) => self.bn.forward(&y, ctx),
-            (true, false) => Ok(y),
+            (false, _) => {
+                let y = self.conv.forward_padded(x, ctx, pad, Act::Identity)?;
+                self.bn.forward_act(&y, ctx, act)
+            }
+            (true, false) => self.conv.forward_padded(x, ctx, pad, act),
             (true, true) => Err(TensorError::argument(
                 "ConvBn",
                 "a network with folded batch norms cannot train",

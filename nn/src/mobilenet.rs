@@ -98,9 +98,9 @@ impl InvertedResidual {
         }
         let mut h = x.clone();
         if let Some(expand) = &mut self.expand {
-            h = self.act.apply(&expand.forward(&h, ctx)?, ctx)?;
+            h = expand.forward_act(&h, ctx, self.act)?;
         }
-        h = self.act.apply(&self.dw.forward(&h, ctx)?, ctx)?;
+        h = self.dw.forward_act(&h, ctx, self.act)?;
         let out = self.project.forward(&h, ctx)?;
         if self.spec.has_skip() {
             ops::add(&out, x)
@@ -117,7 +117,7 @@ impl InvertedResidual {
             .as_mut()
             .expect("pad-first is only used for IR blocks");
         let h = expand.forward(&ops::pad2d(x, self.spec.k / 2)?, ctx)?;
-        let d = self.dw.forward_padded(&h, ctx, 0)?;
+        let d = self.dw.forward_padded(&h, ctx, 0, Act::Identity)?;
         let out = self.project.forward(&d, ctx)?;
         let out = if self.spec.has_skip() {
             ops::add(&out, x)?
@@ -167,8 +167,8 @@ impl Block {
         match self {
             Block::Ir(b) => b.forward(x, ctx),
             Block::Merged(m) => {
-                let y = m.conv.forward(x, ctx)?;
-                if m.relu6 { ops::relu6(&y) } else { Ok(y) }
+                let act = if m.relu6 { Act::Relu6 } else { Act::Identity };
+                m.conv.forward_act(x, ctx, act)
             }
         }
     }
@@ -230,11 +230,11 @@ impl MobileNet {
 
     /// Logits `[N, classes]` for images `[N, 3, H, W]`.
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        let mut h = self.stem_act.apply(&self.stem.forward(x, ctx)?, ctx)?;
+        let mut h = self.stem.forward_act(x, ctx, self.stem_act)?;
         for block in &mut self.blocks {
             h = block.forward(&h, ctx)?;
         }
-        h = self.head_act.apply(&self.head.forward(&h, ctx)?, ctx)?;
+        h = self.head.forward_act(&h, ctx, self.head_act)?;
         h = ops::global_avg_pool(&h)?;
         if ctx.train && self.dropout > 0.0 {
             h = ops::dropout(&h, self.dropout, ctx.dropout_seed)?;

@@ -304,7 +304,7 @@ fn bench_conv(rng: &mut StdRng, filter: &str) {
             (
                 "slice",
                 "fwd",
-                Box::new(|| conv::forward(x.data(), w.data(), Some(b.data()), &mut yb, &g)),
+                Box::new(|| conv::forward(x.data(), w.data(), Some(b.data()), false, &mut yb, &g)),
             ),
             (
                 "slice",

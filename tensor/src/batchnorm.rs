@@ -6,16 +6,19 @@
 //! read from memory once) and merged per channel in f64 with the exact between/within-plane
 //! decomposition — numerically stable even when |mean| ≫ std. All passes are parallel over planes.
 
-use crate::elementwise::{build, write1, write2};
-use crate::reduce::{channel_dims, fold_channels, lane_sum, lane_sum2, per_plane};
+use crate::elementwise::{build, write1, write3};
+use crate::reduce::{channel_dims, fold_channels, lane_sum, lane_sum3, per_plane};
 use crate::{Result, Tensor, TensorError};
 
 /// `eps` inside the square root and the running-statistics `momentum`
 /// (`running = (1 − momentum)·running + momentum·batch`). Defaults are PyTorch's: 1e-5 and 0.1.
+/// `relu6` clamps the output to [0, 6] in the normalising pass: BN followed by ReLU6 in one
+/// pass over memory instead of two, and without keeping the BN output alive for the backward.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BnOptions {
     pub eps: f32,
     pub momentum: f32,
+    pub relu6: bool,
 }
 
 impl Default for BnOptions {
@@ -23,7 +26,17 @@ impl Default for BnOptions {
         BnOptions {
             eps: 1e-5,
             momentum: 0.1,
+            relu6: false,
         }
+    }
+}
+
+/// The output range of a BN (`relu6`: [0, 6], else unbounded).
+fn out_range(relu6: bool) -> (f32, f32) {
+    if relu6 {
+        (0.0, 6.0)
+    } else {
+        (f32::NEG_INFINITY, f32::INFINITY)
     }
 }
 
@@ -66,16 +79,24 @@ fn check_eps(op: &'static str, eps: f32) -> Result<()> {
     }
 }
 
-/// `y = (x − center[c])·scale[c] + shift[c]` over planes of `hw` elements (channel = plane mod C).
-/// Subtracting the centre before scaling keeps precision when |mean| ≫ std.
-fn normalize(x: &[f32], hw: usize, center: &[f32], scale: &[f32], shift: &[f32]) -> Vec<f32> {
+/// `y = clamp((x − center[c])·scale[c] + shift[c], lo, hi)` over planes of `hw` elements
+/// (channel = plane mod C). Subtracting the centre before scaling keeps precision when
+/// |mean| ≫ std.
+fn normalize(
+    x: &[f32],
+    hw: usize,
+    center: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    (lo, hi): (f32, f32),
+) -> Vec<f32> {
     let c = scale.len();
     build(x.len(), hw, |p0, out| {
         let xs = &x[p0 * hw..p0 * hw + out.len()];
         for (i, (o, xp)) in out.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
             let ch = (p0 + i) % c;
             let (m, s, b) = (center[ch], scale[ch], shift[ch]);
-            write1(o, xp, |v| (v - m) * s + b);
+            write1(o, xp, |v| ((v - m) * s + b).clamp(lo, hi));
         }
     })
 }
@@ -93,8 +114,8 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
     v.iter().map(|&x| x as f32).collect()
 }
 
-/// Training forward: normalises with the batch statistics, returns the output and the
-/// [`BatchStats`] for [`backward_train`], and updates `running_mean` / `running_var` in place
+/// Training forward: normalises with the batch statistics (then clamps to [0, 6] if
+/// `opts.relu6`), returns the output and the [`BatchStats`] for [`backward_train`], and updates `running_mean` / `running_var` in place
 /// (the latter with the unbiased variance `n/(n−1)·var`, as PyTorch does). Nothing is modified
 /// when an error is returned. Like PyTorch, refuses a channel with a single value (N·H·W = 1).
 pub fn forward_train(
@@ -182,7 +203,7 @@ pub fn forward_train(
         .zip(&inv_std)
         .map(|(&g, &is)| (g as f64 * is) as f32)
         .collect();
-    let y = normalize(xd, hw, &mean, &scale, beta.data());
+    let y = normalize(xd, hw, &mean, &scale, beta.data(), out_range(opts.relu6));
     let stats = BatchStats {
         mean: Tensor::from_vec(&[c], mean)?,
         inv_std: Tensor::from_vec(&[c], to_f32(&inv_std))?,
@@ -193,15 +214,23 @@ pub fn forward_train(
 /// Training backward through the batch statistics:
 /// `dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`, with
 /// `x̂ = (x − mean)·inv_std` from [`BatchStats`]. One pass for the per-channel sums, one for `dx`.
+///
+/// `relu6_output` is the output of a forward pass with `relu6` set: `dy` then first goes back
+/// through the clamp (zero where the output is not strictly inside (0, 6), PyTorch's convention)
+/// inside the same two passes.
 pub fn backward_train(
     dy: &Tensor,
     x: &Tensor,
     gamma: &Tensor,
     stats: &BatchStats,
+    relu6_output: Option<&Tensor>,
 ) -> Result<BnGrads> {
     const OP: &str = "batchnorm::backward_train";
     let [n, c, hw] = channel_dims(OP, x)?;
     x.expect_same_shape(OP, dy)?;
+    if let Some(y) = relu6_output {
+        x.expect_same_shape(OP, y)?;
+    }
     check_vector(OP, "gamma", gamma, c)?;
     check_vector(OP, "stats.mean", &stats.mean, c)?;
     check_vector(OP, "stats.inv_std", &stats.inv_std, c)?;
@@ -214,26 +243,59 @@ pub fn backward_train(
     }
 
     let (dyd, xd) = (dy.data(), x.data());
+    let (dx, dgamma, dbeta) = match relu6_output {
+        Some(y) => train_grads::<true>(dyd, y.data(), xd, gamma.data(), stats, [n, c, hw]),
+        None => train_grads::<false>(dyd, dyd, xd, gamma.data(), stats, [n, c, hw]),
+    };
+    Ok(BnGrads {
+        dx: Tensor::from_vec(x.shape(), dx)?,
+        dgamma: Tensor::from_vec(&[c], dgamma)?,
+        dbeta: Tensor::from_vec(&[c], dbeta)?,
+    })
+}
+
+/// `dy` through the clamp when `RELU6` (zero unless `0 < y < 6`); otherwise `dy` untouched, so
+/// NaN and ∞ propagate.
+#[inline(always)]
+fn through_clamp<const RELU6: bool>(dy: f32, y: f32) -> f32 {
+    if !RELU6 || (0.0 < y && y < 6.0) {
+        dy
+    } else {
+        0.0
+    }
+}
+
+/// The body of [`backward_train`] on checked slices: `(dx, dγ, dβ)`. `y` is only read when
+/// `RELU6` (callers without a clamp pass `dy` again).
+fn train_grads<const RELU6: bool>(
+    dyd: &[f32],
+    yd: &[f32],
+    xd: &[f32],
+    gamma: &[f32],
+    stats: &BatchStats,
+    [n, c, hw]: [usize; 3],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let grad = through_clamp::<RELU6>;
     let mean = stats.mean.data();
     let parts = per_plane(n * c, hw, |p| {
         let (r, m) = (p * hw..(p + 1) * hw, mean[p % c]);
-        let g = &dyd[r.clone()];
-        // Two passes over the plane; the second reads dy from cache.
+        let (g, y) = (&dyd[r.clone()], &yd[r.clone()]);
+        // Two passes over the plane; the second reads dy (and y) from cache.
         (
-            lane_sum(g, |v| v),
-            lane_sum2(g, &xd[r], |gv, xv| gv * (xv - m)),
+            lane_sum3(g, y, g, |gv, yv, _| grad(gv, yv)),
+            lane_sum3(g, y, &xd[r], |gv, yv, xv| grad(gv, yv) * (xv - m)),
         )
     });
     let sums = fold_channels(&parts, c, (0.0, 0.0), |(a, b), (u, v)| (a + u, b + v));
 
-    // dx = dy·k1 + (x − mean)·k2 + k3 per channel.
-    let inv_m = 1.0 / count as f64;
+    // dx = g·k1 + (x − mean)·k2 + k3 per channel, g = dy through the clamp.
+    let inv_m = 1.0 / (n * hw) as f64;
     let mut k = vec![[0f32; 3]; c];
     let mut dgamma = vec![0f32; c];
     let mut dbeta = vec![0f32; c];
     for ch in 0..c {
         let (sdy, sdxm) = sums[ch];
-        let (g, is) = (gamma.data()[ch] as f64, stats.inv_std.data()[ch] as f64);
+        let (g, is) = (gamma[ch] as f64, stats.inv_std.data()[ch] as f64);
         let dg = sdxm * is;
         dgamma[ch] = dg as f32;
         dbeta[ch] = sdy as f32;
@@ -246,17 +308,16 @@ pub fn backward_train(
     let dx = build(xd.len(), hw, |p0, out| {
         let r = p0 * hw..p0 * hw + out.len();
         let planes = out.chunks_mut(hw).zip(dyd[r.clone()].chunks(hw));
-        for (i, ((o, g), xp)) in planes.zip(xd[r].chunks(hw)).enumerate() {
+        let planes = planes.zip(yd[r.clone()].chunks(hw)).zip(xd[r].chunks(hw));
+        for (i, (((o, g), y), xp)) in planes.enumerate() {
             let ch = (p0 + i) % c;
             let ([k1, k2, k3], m) = (k[ch], mean[ch]);
-            write2(o, g, xp, |gv, xv| gv * k1 + (xv - m) * k2 + k3);
+            write3(o, g, y, xp, |gv, yv, xv| {
+                grad(gv, yv) * k1 + (xv - m) * k2 + k3
+            });
         }
     });
-    Ok(BnGrads {
-        dx: Tensor::from_vec(x.shape(), dx)?,
-        dgamma: Tensor::from_vec(&[c], dgamma)?,
-        dbeta: Tensor::from_vec(&[c], dbeta)?,
-    })
+    (dx, dgamma, dbeta)
 }
 
 /// Eval forward: `y = (x − running_mean)·γ/sqrt(running_var + eps) + β`.
@@ -280,7 +341,14 @@ pub fn forward_eval(
     }
     check_eps(OP, eps)?;
     let scale = to_f32(&gamma_inv_std(gamma.data(), running_var.data(), eps));
-    let y = normalize(x.data(), hw, running_mean.data(), &scale, beta.data());
+    let y = normalize(
+        x.data(),
+        hw,
+        running_mean.data(),
+        &scale,
+        beta.data(),
+        out_range(false),
+    );
     Tensor::from_vec(x.shape(), y)
 }
 
@@ -299,7 +367,8 @@ pub fn backward_eval(
     check_eps(OP, eps)?;
     let scale = to_f32(&gamma_inv_std(gamma.data(), running_var.data(), eps));
     let zeros = vec![0.0; c];
-    Tensor::from_vec(dy.shape(), normalize(dy.data(), hw, &zeros, &scale, &zeros))
+    let dx = normalize(dy.data(), hw, &zeros, &scale, &zeros, out_range(false));
+    Tensor::from_vec(dy.shape(), dx)
 }
 
 /// Eval batch norm as a per-channel affine `(scale, shift)`, `scale = γ/sqrt(var + eps)`,
@@ -344,7 +413,14 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
     check_vector(OP, "scale", scale, c)?;
     check_vector(OP, "shift", shift, c)?;
     let zeros = vec![0.0; c];
-    let y = normalize(x.data(), hw, &zeros, scale.data(), shift.data());
+    let y = normalize(
+        x.data(),
+        hw,
+        &zeros,
+        scale.data(),
+        shift.data(),
+        out_range(false),
+    );
     Tensor::from_vec(x.shape(), y)
 }
 
@@ -399,7 +475,8 @@ mod tests {
         assert_close(rm.data(), &[2.2, 1.1], 1e-7, "running_mean after 2 steps");
 
         // dy = 1 everywhere: dβ = count, dγ = Σ x̂ = 0, dx = 0 (a constant shift is normalised away).
-        let g = backward_train(&Tensor::full(&[2, 2, 1, 2], 1.0), &x, &gamma, &stats).unwrap();
+        let g =
+            backward_train(&Tensor::full(&[2, 2, 1, 2], 1.0), &x, &gamma, &stats, None).unwrap();
         assert_eq!(g.dbeta.data(), &[4.0, 4.0]);
         assert!(g.dgamma.data().iter().all(|v| v.abs() < 1e-6));
         assert!(g.dx.data().iter().all(|v| v.abs() < 1e-6));
@@ -430,7 +507,7 @@ mod tests {
         let mut rv = Tensor::full(&[3], 1.0);
         let (y, stats) =
             forward_train(&x, &gamma, &beta, &mut rm, &mut rv, BnOptions::default()).unwrap();
-        let g = backward_train(&dy, &x, &gamma, &stats).unwrap();
+        let g = backward_train(&dy, &x, &gamma, &stats, None).unwrap();
         assert_close(y.data(), &TORCH_Y, 1e-6, "y");
         assert_close(g.dx.data(), &TORCH_DX, 1e-5, "dx");
         assert_close(g.dgamma.data(), &TORCH_DGAMMA, 1e-6, "dgamma");
@@ -539,8 +616,8 @@ mod tests {
         assert_eq!(rv, Tensor::full(&[3], 1.0));
 
         let (_, stats) = forward_train(&x, &v3, &v3, &mut rm, &mut rv, opts).unwrap();
-        assert!(backward_train(&Tensor::zeros(&[2, 3, 2, 1]), &x, &v3, &stats).is_err());
-        assert!(backward_train(&x, &x, &Tensor::zeros(&[2]), &stats).is_err());
+        assert!(backward_train(&Tensor::zeros(&[2, 3, 2, 1]), &x, &v3, &stats, None).is_err());
+        assert!(backward_train(&x, &x, &Tensor::zeros(&[2]), &stats, None).is_err());
         assert!(forward_eval(&x, &v3, &v3, &rm, &Tensor::zeros(&[2]), 1e-5).is_err());
         assert!(backward_eval(&x, &v3, &v3, f32::NAN).is_err());
         assert!(fold_to_affine(&v3, &v3, &v3, &Tensor::zeros(&[1]), 1e-5).is_err());

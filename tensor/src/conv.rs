@@ -156,6 +156,18 @@ const MIN_TILE: usize = 256;
 
 /// y = conv(x, w) + bias, NCHW. Bias, when given, has shape `[cout]`.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> Result<Tensor> {
+    conv2d_act(x, w, bias, p, false)
+}
+
+/// [`conv2d`], then ReLU6 when `relu6`: the clamp runs on each output block while it is still in
+/// cache (inference with folded batch norms), not as a second pass over memory.
+pub fn conv2d_act(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    p: ConvParams,
+    relu6: bool,
+) -> Result<Tensor> {
     const OP: &str = "conv2d";
     let g = ConvGeom::new(OP, x.nchw(OP)?, w.shape(), p)?;
     if let Some(b) = bias
@@ -168,7 +180,14 @@ pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> R
     }
     let out = g.output_shape();
     let mut y = output_vec(out.iter().product());
-    forward(x.data(), w.data(), bias.map(Tensor::data), &mut y, &g);
+    forward(
+        x.data(),
+        w.data(),
+        bias.map(Tensor::data),
+        relu6,
+        &mut y,
+        &g,
+    );
     Tensor::from_vec(&out, y)
 }
 
@@ -337,15 +356,23 @@ fn check_lens(g: &ConvGeom, x: usize, w: usize, y: usize) {
     assert_eq!(y, n * c * oh * ow, "conv: output slice length");
 }
 
-/// Forward pass on slices sized by `g`; `y` is overwritten.
-pub fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &ConvGeom) {
+/// Forward pass on slices sized by `g` (then ReLU6 if `relu6`); `y` is overwritten.
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu6: bool,
+    y: &mut [f32],
+    g: &ConvGeom,
+) {
     check_lens(g, x.len(), w.len(), y.len());
     if let Some(b) = bias {
         assert_eq!(b.len(), g.cout, "conv: bias slice length");
     }
     if g.is_depthwise() {
-        return depthwise::forward(x, w, bias, y, g);
+        return depthwise::forward(x, w, bias, relu6, y, g);
     }
+    let epilogue = Epilogue { bias: None, relu6 };
     let d = Dims::new(g);
     let col_rows = if d.pointwise { 0 } else { d.kc };
     let stream = streams(y.len());
@@ -361,7 +388,10 @@ pub fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &Co
         let len = tile.min(d.ohw - p0);
         let xg = &x[(img * g.cin + grp * d.cin_g) * d.hw..][..d.cin_g * d.hw];
         let wg = &w[grp * d.cout_g * d.kc..][..d.cout_g * d.kc];
-        let bias = bias.map(|b| &b[grp * d.cout_g..][..d.cout_g]);
+        let epilogue = Epilogue {
+            bias: bias.map(|b| &b[grp * d.cout_g..][..d.cout_g]),
+            ..epilogue
+        };
         let y0 = (img * g.cout + grp * d.cout_g) * d.ohw + p0;
         let out_rows = if stream { d.cout_g } else { 0 };
         with_scratch((col_rows + out_rows) * len, |buf| {
@@ -380,9 +410,33 @@ pub fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &Co
             };
             // SAFETY: the block is rows [grp·cout_g, +cout_g) × positions [p0, p0+len) of image
             // `img`: inside `y` (length checked) and disjoint from every other task's block.
-            unsafe { block.product(d.cout_g, d.kc, len, wg, d.kc, 1, b, rsb, bias) };
+            unsafe { block.product(d.cout_g, d.kc, len, wg, d.kc, 1, b, rsb, epilogue) };
         });
     });
+}
+
+/// What happens to an output block right after its GEMM, while it is in cache: `bias[row]` is
+/// added, then (if `relu6`) the block is clamped to [0, 6].
+#[derive(Clone, Copy, Default)]
+struct Epilogue<'a> {
+    bias: Option<&'a [f32]>,
+    relu6: bool,
+}
+
+impl Epilogue<'_> {
+    fn is_noop(&self) -> bool {
+        self.bias.is_none() && !self.relu6
+    }
+
+    /// Row `r`'s bias and the clamp bounds.
+    fn row(&self, r: usize) -> (f32, f32, f32) {
+        let b = self.bias.map_or(0.0, |b| b[r]);
+        if self.relu6 {
+            (b, 0.0, 6.0)
+        } else {
+            (b, f32::NEG_INFINITY, f32::INFINITY)
+        }
+    }
 }
 
 /// Where a task's `rows×len` output block goes: row stride `ld` from `out`, computed in place, or
@@ -394,7 +448,7 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
-    /// Writes `a·b` (+ `bias[row]`) into the block: `a` is `rows×k` with strides `rsa`, `csa`;
+    /// Writes `a·b` and its [`Epilogue`] into the block: `a` is `rows×k` with strides `rsa`, `csa`;
     /// `b` is `k×len` with row stride `rsb` and contiguous rows.
     ///
     /// # Safety
@@ -410,7 +464,7 @@ impl Block<'_> {
         csa: usize,
         b: &[f32],
         rsb: usize,
-        bias: Option<&[f32]>,
+        epilogue: Epilogue,
     ) {
         let (rsa, csa, rsb) = (rsa as isize, csa as isize, rsb as isize);
         if let Some(buf) = self.scratch {
@@ -432,9 +486,8 @@ impl Block<'_> {
                 1,
             );
             for (r, row) in buf.chunks_exact(len).enumerate() {
-                let bv = bias.map_or(0.0, |b| b[r]);
                 // SAFETY: row `r` of the block (the caller's contract).
-                unsafe { stream_store(row, bv, self.out.add(r * self.ld)) };
+                unsafe { stream_store(row, epilogue.row(r), self.out.add(r * self.ld)) };
             }
             store_fence();
             return;
@@ -459,11 +512,12 @@ impl Block<'_> {
                 1,
             )
         };
-        if let Some(bias) = bias {
-            for (r, &bv) in bias[..rows].iter().enumerate() {
+        if !epilogue.is_noop() {
+            for r in 0..rows {
+                let (b, lo, hi) = epilogue.row(r);
                 // SAFETY: row `r` of the block, while it is still in cache.
                 let row = unsafe { std::slice::from_raw_parts_mut(self.out.add(r * self.ld), len) };
-                row.iter_mut().for_each(|v| *v += bv);
+                row.iter_mut().for_each(|v| *v = (*v + b).clamp(lo, hi));
             }
         }
     }
@@ -474,39 +528,45 @@ fn streams(len: usize) -> bool {
     len >= STREAM_MIN && crate::simd::avx2_fma()
 }
 
-/// `dst[i] = src[i] + bias`, with non-temporal stores where available.
+/// `dst[i] = clamp(src[i] + bias, lo, hi)`, with non-temporal stores where available.
 ///
 /// # Safety
 /// `dst` must be valid for `src.len()` writes that no other thread accesses meanwhile.
-unsafe fn stream_store(src: &[f32], bias: f32, dst: *mut f32) {
+unsafe fn stream_store(src: &[f32], (bias, lo, hi): (f32, f32, f32), dst: *mut f32) {
     #[cfg(target_arch = "x86_64")]
     if crate::simd::avx2_fma() {
         // SAFETY: AVX is present; the caller's contract covers `dst`.
-        return unsafe { stream_store_avx(src, bias, dst) };
+        return unsafe { stream_store_avx(src, (bias, lo, hi), dst) };
     }
     for (i, v) in src.iter().enumerate() {
         // SAFETY: the caller's contract.
-        unsafe { *dst.add(i) = v + bias };
+        unsafe { *dst.add(i) = (v + bias).clamp(lo, hi) };
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn stream_store_avx(src: &[f32], bias: f32, dst: *mut f32) {
-    use std::arch::x86_64::{_mm256_add_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_stream_ps};
+unsafe fn stream_store_avx(src: &[f32], (bias, lo, hi): (f32, f32, f32), dst: *mut f32) {
+    use std::arch::x86_64::{
+        _mm256_add_ps, _mm256_loadu_ps, _mm256_max_ps, _mm256_min_ps, _mm256_set1_ps,
+        _mm256_stream_ps,
+    };
     let n = src.len();
     // Streaming stores need 32-byte alignment: plain stores up to the first aligned element.
     let head = ((32 - dst as usize % 32) % 32 / 4).min(n);
     let body = head + (n - head) / 8 * 8;
-    let vb = _mm256_set1_ps(bias);
+    let (vb, vlo, vhi) = (_mm256_set1_ps(bias), _mm256_set1_ps(lo), _mm256_set1_ps(hi));
     // SAFETY: every index is below `n`, within `src` and (the caller's contract) `dst`;
     // `dst + i` is 32-byte aligned for i in head.., stepping by 8 floats.
     unsafe {
         for i in (0..head).chain(body..n) {
-            *dst.add(i) = src[i] + bias;
+            *dst.add(i) = (src[i] + bias).clamp(lo, hi);
         }
         for i in (head..body).step_by(8) {
             let v = _mm256_add_ps(_mm256_loadu_ps(src.as_ptr().add(i)), vb);
+            // max/min return their second operand for a NaN first one: put v second so a NaN
+            // propagates, as `f32::clamp` does.
+            let v = _mm256_min_ps(vhi, _mm256_max_ps(vlo, v));
             _mm256_stream_ps(dst.add(i), v);
         }
     }
@@ -569,7 +629,19 @@ pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
                     scratch: stream.then_some(buf),
                 };
                 // SAFETY: this task's block of `dx` (length checked), disjoint from the others.
-                unsafe { block.product(d.cin_g, d.cout_g, len, wg, 1, d.cin_g, dyg, d.ohw, None) };
+                unsafe {
+                    block.product(
+                        d.cin_g,
+                        d.cout_g,
+                        len,
+                        wg,
+                        1,
+                        d.cin_g,
+                        dyg,
+                        d.ohw,
+                        Epilogue::default(),
+                    )
+                };
             });
         });
         return;
@@ -830,6 +902,12 @@ mod tests {
         assert_eq!(y.shape(), g.output_shape());
         let expected = reference::forward(x.data(), wt.data(), Some(b.data()), &g);
         assert_close(y.data(), &expected, 1e-5, &what("forward"));
+        // Weights ×4 so that outputs pass 6 as well as 0.
+        let w4 = crate::elementwise::scale(&wt, 4.0);
+        let y = conv2d_act(&x, &w4, Some(&b), p, true).unwrap();
+        let expected = reference::forward(x.data(), w4.data(), Some(b.data()), &g);
+        let expected: Vec<f32> = expected.iter().map(|v| v.clamp(0.0, 6.0)).collect();
+        assert_close(y.data(), &expected, 1e-5, &what("forward + relu6"));
         let y = conv2d(&x, &wt, None, p).unwrap();
         let expected = reference::forward(x.data(), wt.data(), None, &g);
         assert_close(y.data(), &expected, 1e-5, &what("forward without bias"));
@@ -894,9 +972,14 @@ mod tests {
     fn streamed_blocks_match_in_place_ones() {
         // Block sizes and offsets that put row starts at every alignment.
         let mut r = rng(15);
-        for (rows, k, len, ld, off) in [(3, 5, 37, 41, 1), (7, 2, 8, 8, 3), (2, 3, 1, 5, 0)] {
+        let cases = [(3, 5, 37, 41, 1), (7, 2, 8, 8, 3), (2, 3, 1, 5, 0)];
+        for ((rows, k, len, ld, off), relu6) in cases.into_iter().zip([false, true, true]) {
             let (a, b) = (rand_vec(&mut r, rows * k), rand_vec(&mut r, k * len));
             let bias = rand_vec(&mut r, rows);
+            let epilogue = Epilogue {
+                bias: Some(&bias),
+                relu6,
+            };
             let mut expected = vec![0.0; off + rows * ld];
             let mut streamed = expected.clone();
             let mut scratch = vec![0.0; rows * len];
@@ -907,9 +990,12 @@ mod tests {
                 let out = out[off..].as_mut_ptr();
                 let block = Block { out, ld, scratch };
                 // SAFETY: the block's rows×len at stride ld lie inside `out`.
-                unsafe { block.product(rows, k, len, &a, k, 1, &b, len, Some(&bias)) };
+                unsafe { block.product(rows, k, len, &a, k, 1, &b, len, epilogue) };
             }
             assert_close(&streamed, &expected, 1e-6, "streamed block");
+            if relu6 {
+                assert!(expected.iter().all(|v| (0.0..=6.0).contains(v)), "clamped");
+            }
         }
     }
 

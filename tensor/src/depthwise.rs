@@ -134,13 +134,18 @@ fn each_plane(
     }
 }
 
-/// Runs `kernel` over every plane in parallel, in contiguous runs of planes.
+/// Output floats a task writes before it clamps them (ReLU6), so they are still in L2.
+const CLAMP_RUN: usize = 1 << 14;
+
+/// Runs `kernel` over every plane in parallel, in contiguous runs of planes; with `relu6` each
+/// run is clamped to [0, 6] right after it is written, [`CLAMP_RUN`] floats at a time.
 #[allow(clippy::too_many_arguments)]
 fn run_planes(
     src: &[f32],
     src_plane: usize,
     w: &[f32],
     bias: Option<&[f32]>,
+    relu6: bool,
     dst: &mut [f32],
     dst_plane: usize,
     chans: usize,
@@ -152,17 +157,27 @@ fn run_planes(
         return;
     }
     let per_task = planes_per_task(dst.len() / dst_plane);
+    let per_run = if relu6 {
+        CLAMP_RUN.div_ceil(dst_plane).min(per_task)
+    } else {
+        per_task
+    };
     dst.par_chunks_mut(per_task * dst_plane)
         .enumerate()
         .for_each(|(t, chunk)| {
             let mut buf = vec![0f32; scratch];
-            let first = t * per_task;
-            let planes = chunk.len() / dst_plane;
-            let src = &src[first * src_plane..][..planes * src_plane];
-            // SAFETY: `kernel` was chosen for this CPU and geometry (AVX2 kernels only when
-            // `use_avx2` holds); slices hold whole planes of the sizes `d` implies, and `buf` is
-            // zeroed scratch of the length that kernel asked for, used for this geometry only.
-            unsafe { kernel(src, w, bias, chunk, first, chans, d, &mut buf) };
+            for (i, run) in chunk.chunks_mut(per_run * dst_plane).enumerate() {
+                let first = t * per_task + i * per_run;
+                let planes = run.len() / dst_plane;
+                let src = &src[first * src_plane..][..planes * src_plane];
+                // SAFETY: `kernel` was chosen for this CPU and geometry (AVX2 kernels only when
+                // `use_avx2` holds); slices hold whole planes of the sizes `d` implies, and `buf`
+                // is zeroed scratch of the length that kernel asked for, for this geometry only.
+                unsafe { kernel(src, w, bias, run, first, chans, d, &mut buf) };
+                if relu6 {
+                    run.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+                }
+            }
         });
 }
 
@@ -173,11 +188,19 @@ fn check_lens(what: &str, got: usize, want: usize) {
     );
 }
 
-/// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]), the bias fused into the accumulator's initial value.
+/// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]), the bias fused into the accumulator's initial value,
+/// then clamped to [0, 6] if `relu6`.
 ///
 /// Panics if the slice lengths don't match `g` or `g` is not depthwise.
-pub fn forward(x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32], g: &ConvGeom) {
-    forward_with(Path::Auto, x, w, bias, y, g);
+pub fn forward(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu6: bool,
+    y: &mut [f32],
+    g: &ConvGeom,
+) {
+    forward_with(Path::Auto, x, w, bias, relu6, y, g);
 }
 
 fn forward_with(
@@ -185,6 +208,7 @@ fn forward_with(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    relu6: bool,
     y: &mut [f32],
     g: &ConvGeom,
 ) {
@@ -206,6 +230,7 @@ fn forward_with(
         d.in_plane(),
         w,
         bias,
+        relu6,
         y,
         d.out_plane(),
         c,
@@ -262,6 +287,7 @@ fn backward_input_with(path: Path, dy: &[f32], w: &[f32], dx: &mut [f32], g: &Co
         d.out_plane(),
         w,
         None,
+        false,
         dx,
         d.in_plane(),
         c,
@@ -426,10 +452,14 @@ mod tests {
         reference::forward(&x, &w, bias, &mut y_ref, g);
         reference::backward_input(&dy, &w, &mut dx_ref, g);
         reference::backward_weight(&x, &dy, &mut dw_ref, g);
+        let relu6 = seed.is_multiple_of(3);
+        if relu6 {
+            y_ref.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
+        }
         for path in PATHS {
-            let what = |pass: &str| format!("{pass} {path:?} {g:?}");
+            let what = |pass: &str| format!("{pass} {path:?} {g:?} relu6 {relu6}");
             let mut y = vec![f32::NAN; yl];
-            forward_with(path, &x, &w, bias, &mut y, g);
+            forward_with(path, &x, &w, bias, relu6, &mut y, g);
             assert_close(&y, &y_ref, TOL, &what("forward"));
             let mut dx = vec![f32::NAN; xl];
             backward_input_with(path, &dy, &w, &mut dx, g);
@@ -438,6 +468,14 @@ mod tests {
             backward_weight_with(path, &x, &dy, &mut dw, g);
             assert_close(&dw, &dw_ref, TOL, &what("backward_weight"));
         }
+    }
+
+    /// Enough 56×56 planes per task (with up to 24 threads) that the fused ReLU6 clamps each
+    /// task's output in several cache-sized runs.
+    #[test]
+    fn relu6_in_cache_sized_runs() {
+        let g = geom(8, 150, 56, 56, 3, 1, 1).expect("valid geometry");
+        check(&g, 3);
     }
 
     /// Every map × k × padding × stride, with channels and batch rotating through their lists so

@@ -49,7 +49,7 @@ pub(crate) fn for_units<T: Send>(
 /// A fresh `len`-element vector filled through [`for_units`].
 ///
 /// Contract: `fill` writes every element of each run it is given. Every fill in this crate does
-/// so through [`write1`] / [`write2`], which check that the run and their inputs have one length.
+/// so through [`write1`] / [`write2`] / [`write3`], which check that the run and their inputs have one length.
 pub(crate) fn build(
     len: usize,
     unit: usize,
@@ -83,6 +83,21 @@ pub(crate) fn write2(
     assert!(out.len() == a.len() && out.len() == b.len());
     for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
         o.write(f(x, y));
+    }
+}
+
+/// `out[i] = f(a[i], b[i], c[i])`; panics (a kernel bug, not a user error) if the lengths differ.
+#[inline]
+pub(crate) fn write3(
+    out: &mut [MaybeUninit<f32>],
+    a: &[f32],
+    b: &[f32],
+    c: &[f32],
+    f: impl Fn(f32, f32, f32) -> f32,
+) {
+    assert!(out.len() == a.len() && out.len() == b.len() && out.len() == c.len());
+    for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
+        o.write(f(x, y, z));
     }
 }
 

@@ -29,28 +29,37 @@ pub(crate) fn lane_sum(a: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     lane_sum2(a, a, |x, _| f(x))
 }
 
-/// Σ f(a[i], b[i]) as in [`lane_sum`]; panics (a kernel bug) if the lengths differ. One sum per
-/// call on purpose: LLVM's SLP vectoriser interleaves two accumulators in one loop into a
-/// shuffle-bound mess, so callers needing two sums over a cache-resident block make two calls.
+/// Σ f(a[i], b[i]) as in [`lane_sum`].
 #[inline]
 pub(crate) fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    assert_eq!(a.len(), b.len());
+    lane_sum3(a, b, b, |x, y, _| f(x, y))
+}
+
+/// Σ f(a[i], b[i], c[i]) as in [`lane_sum`]; panics (a kernel bug) if the lengths differ. One
+/// sum per call on purpose: LLVM's SLP vectoriser interleaves two accumulators in one loop into
+/// a shuffle-bound mess, so callers needing two sums over a cache-resident block make two calls.
+#[inline]
+pub(crate) fn lane_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f32) -> f64 {
+    assert!(a.len() == b.len() && a.len() == c.len());
     let mut total = 0f64;
-    for (a, b) in a.chunks(FLUSH).zip(b.chunks(FLUSH)) {
+    for ((a, b), c) in a.chunks(FLUSH).zip(b.chunks(FLUSH)).zip(c.chunks(FLUSH)) {
         let mut acc = [0f32; LANES];
-        let (ba, bb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-        let tail: f32 = ba
-            .remainder()
-            .iter()
-            .zip(bb.remainder())
-            .map(|(&x, &y)| f(x, y))
+        let (ba, bb, bc) = (
+            a.chunks_exact(LANES),
+            b.chunks_exact(LANES),
+            c.chunks_exact(LANES),
+        );
+        let tail: f32 = (ba.remainder().iter().zip(bb.remainder()))
+            .zip(bc.remainder())
+            .map(|((&x, &y), &z)| f(x, y, z))
             .sum();
-        for (x, y) in ba.zip(bb) {
-            let (x, y): (&[f32; LANES], &[f32; LANES]) = (
+        for ((x, y), z) in ba.zip(bb).zip(bc) {
+            let (x, y, z): (&[f32; LANES], &[f32; LANES], &[f32; LANES]) = (
                 x.try_into().expect("exact chunk"),
                 y.try_into().expect("exact chunk"),
+                z.try_into().expect("exact chunk"),
             );
-            acc = std::array::from_fn(|j| acc[j] + f(x[j], y[j]));
+            acc = std::array::from_fn(|j| acc[j] + f(x[j], y[j], z[j]));
         }
         total += acc.iter().map(|&v| v as f64).sum::<f64>() + tail as f64;
     }

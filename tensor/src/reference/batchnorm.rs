@@ -145,19 +145,23 @@ mod tests {
         }
     }
 
+    /// With `relu6` the reference is BN, then ReLU6, then the two backwards in turn.
     #[test]
     fn training_matches_reference() {
         let mut r = rng(11);
-        for (t, &shape) in SHAPES.iter().enumerate() {
+        let cases = SHAPES.iter().flat_map(|s| [(s, false), (s, true)]);
+        for (t, (&shape, relu6)) in cases.enumerate() {
             let d @ [_, c, _] = dims(shape);
             let numel = shape.iter().product();
             // An offset mean stresses the variance computation. (Far larger offsets are tested
             // below: there the f32 mean handed to backward, as in PyTorch, limits dx and dγ.)
-            let offset = if t % 2 == 0 { 0.0 } else { 8.0 };
+            let offset = if t / 2 % 2 == 0 { 0.0 } else { 8.0 };
             let xv: Vec<f32> = rand_vec(&mut r, numel).iter().map(|v| v + offset).collect();
             let x = Tensor::from_vec(shape, xv.clone()).unwrap();
             let dy = Tensor::from_vec(shape, rand_vec(&mut r, numel)).unwrap();
-            let gamma = Tensor::from_vec(&[c], rand_vec(&mut r, c)).unwrap();
+            // γ up to ±4 sends outputs past both ends of the clamp.
+            let gv = rand_vec(&mut r, c).iter().map(|v| 4.0 * v).collect();
+            let gamma = Tensor::from_vec(&[c], gv).unwrap();
             let beta = Tensor::from_vec(&[c], rand_vec(&mut r, c)).unwrap();
             let rm0 = rand_vec(&mut r, c);
             let rv0: Vec<f32> = rand_vec(&mut r, c).iter().map(|v| v + 1.5).collect();
@@ -166,12 +170,22 @@ mod tests {
             let opts = BnOptions {
                 eps: 1e-3,
                 momentum: 0.3,
+                relu6,
             };
             let (y, stats) =
                 batchnorm::forward_train(&x, &gamma, &beta, &mut rm, &mut rv, opts).unwrap();
-            let (ry, mean, var, unbiased) =
+            let (mut ry, mean, var, unbiased) =
                 super::forward_train(&xv, d, gamma.data(), beta.data(), 1e-3);
-            let what = |s: &str| format!("{s} {shape:?}");
+            let mut rdy = dy.data().to_vec();
+            if relu6 {
+                for (v, g) in ry.iter_mut().zip(&mut rdy) {
+                    if !(0.0 < *v && *v < 6.0) {
+                        *g = 0.0;
+                    }
+                    *v = v.clamp(0.0, 6.0);
+                }
+            }
+            let what = |s: &str| format!("{s} {shape:?} relu6 {relu6}");
             assert_close(y.data(), &ry, 1e-5, &what("y"));
             let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
             assert_close(stats.mean.data(), &f32s(mean.clone()), 1e-6, &what("mean"));
@@ -193,8 +207,9 @@ mod tests {
                 &what("running_var"),
             );
 
-            let g = batchnorm::backward_train(&dy, &x, &gamma, &stats).unwrap();
-            let (rdx, rdg, rdb) = super::backward_train(dy.data(), &xv, d, gamma.data(), 1e-3);
+            let g =
+                batchnorm::backward_train(&dy, &x, &gamma, &stats, relu6.then_some(&y)).unwrap();
+            let (rdx, rdg, rdb) = super::backward_train(&rdy, &xv, d, gamma.data(), 1e-3);
             assert_close(g.dx.data(), &rdx, 1e-5, &what("dx"));
             assert_close(g.dgamma.data(), &rdg, 1e-5, &what("dgamma"));
             assert_close(g.dbeta.data(), &rdb, 1e-5, &what("dbeta"));
@@ -247,6 +262,7 @@ mod tests {
         let opts = BnOptions {
             eps: 0.0,
             momentum: 1.0,
+            relu6: false,
         };
         let (_, stats) =
             batchnorm::forward_train(&x, &ones, &ones, &mut rm, &mut rv, opts).unwrap();
