@@ -1,7 +1,7 @@
 //! Timing harness for the GEMM and convolution kernels (release mode; noisy shared machines:
 //! compare medians and ratios).
 //!
-//! `cargo run --release -p depthshrink-tensor --example kernel_bench -- gemm|conv [filter]`
+//! `cargo run --release -p depthshrink-tensor --example kernel_bench -- gemm|conv|bn [filter]`
 //! Thread count: `RAYON_NUM_THREADS` (default: all cores). Add `--features gemm-crate` to time the
 //! `gemm` crate backend.
 
@@ -339,6 +339,59 @@ fn bench_conv(rng: &mut StdRng, filter: &str) {
     }
 }
 
+/// Training batch norm on the CIFAR MobileNetV2-w0.5 shapes (batch 128): plane sizes 32² down
+/// to 4², where per-plane reduction overhead competes with memory traffic.
+fn bench_bn(rng: &mut StdRng, filter: &str) {
+    use depthshrink_tensor::batchnorm::{self, BnOptions};
+    println!("rayon threads: {}", rayon::current_num_threads());
+    for (label, c, hw) in [
+        ("48 @32²", 48, 32),
+        ("72 @16²", 72, 16),
+        ("192 @8²", 192, 8),
+        ("480 @4²", 480, 4),
+    ] {
+        if !label.contains(filter) {
+            continue;
+        }
+        let shape = [128, c, hw, hw];
+        let numel: usize = shape.iter().product();
+        let x = Tensor::from_vec(&shape, rand_vec(rng, numel)).unwrap();
+        let dy = Tensor::from_vec(&shape, rand_vec(rng, numel)).unwrap();
+        let (g, b) = (Tensor::full(&[c], 1.0), Tensor::zeros(&[c]));
+        let (mut rm, mut rv) = (Tensor::zeros(&[c]), Tensor::full(&[c], 1.0));
+        for relu6 in [false, true] {
+            let opts = BnOptions {
+                relu6,
+                ..Default::default()
+            };
+            let (y, stats) = batchnorm::forward_train(&x, &g, &b, &mut rm, &mut rv, opts).unwrap();
+            let y6 = relu6.then_some(&y);
+            let (fw, fc) = time(
+                || drop(batchnorm::forward_train(&x, &g, &b, &mut rm, &mut rv, opts)),
+                Duration::from_millis(200),
+            );
+            let (bw, bc) = time(
+                || drop(batchnorm::backward_train(&dy, &x, &g, &stats, y6)),
+                Duration::from_millis(200),
+            );
+            // Memory floor: forward reads x twice-ish (once from DRAM) and writes y; backward
+            // reads dy, x (and y) for the sums and again for dx, and writes dx.
+            let gb = |streams: usize, s: f64| (streams * numel * 4) as f64 / s / 1e9;
+            let bwd_streams = if relu6 { 7 } else { 5 };
+            println!(
+                "bn {label} relu6={relu6}: forward {:.2} ms wall {:.2} ms cpu ({:.1} GB/s), \
+                 backward {:.2} ms wall {:.2} ms cpu ({:.1} GB/s)",
+                fw * 1e3,
+                fc * 1e3,
+                gb(3, fw),
+                bw * 1e3,
+                bc * 1e3,
+                gb(bwd_streams, bw)
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filter = args.get(1).map(String::as_str).unwrap_or("");
@@ -346,8 +399,9 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("gemm") => bench_gemm(&mut rng, filter),
         Some("conv") => bench_conv(&mut rng, filter),
+        Some("bn") => bench_bn(&mut rng, filter),
         #[cfg(feature = "gemm-crate")]
         Some("gemm-ab") => bench_gemm_ab(&mut rng, filter),
-        _ => eprintln!("usage: kernel_bench gemm|conv|gemm-ab [label filter]"),
+        _ => eprintln!("usage: kernel_bench gemm|conv|bn|gemm-ab [label filter]"),
     }
 }
