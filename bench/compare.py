@@ -4,18 +4,26 @@
     python3 bench/compare.py rust.jsonl torch.jsonl [--key ms|images_per_s]
 
 For times (`ms`), the ratio is baseline / ours (> 1 means depthshrink is faster); for rates
-(`images_per_s`), ours / baseline. Rows are matched on every field that is not a measurement.
+(`images_per_s`), ours / baseline. A case run several times (e.g. alternating engines) is
+reported as the median of its runs. Rows are matched on every field that is not a measurement (or the `engine` name).
 """
 import argparse
 import json
+import statistics
 
 MEASURED = {"ms", "gflops", "images_per_s", "ms_per_batch", "peak_rss_mb"}
+# Fields that say who measured, not what: ignored when matching rows.
+NOT_MATCHED = MEASURED | {"engine"}
 
 
 def load(path):
+    """Rows grouped by case: {case key: [row, ...]} (repeated runs of a case share a key)."""
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip().startswith("{")]
-    return {tuple((k, v) for k, v in r.items() if k not in MEASURED): r for r in rows}
+    cases = {}
+    for r in rows:
+        cases.setdefault(tuple((k, v) for k, v in r.items() if k not in NOT_MATCHED), []).append(r)
+    return cases
 
 
 def main():
@@ -30,15 +38,17 @@ def main():
     higher_is_better = args.key == "images_per_s"
     print(f"| case | {ours_name} {args.key} | {base_name} {args.key} | ratio |")
     print("|---|---|---|---|")
-    for key, row in ours.items():
+    for key, rows in ours.items():
         case = " ".join(f"{k}={v}" for k, v in key)
-        other = base.get(key)
-        if other is None:
-            print(f"| {case} | {row[args.key]:.2f} | – | – |")
+        a = statistics.median(r[args.key] for r in rows)
+        runs = f" (median of {len(rows)})" if len(rows) > 1 else ""
+        others = base.get(key)
+        if others is None:
+            print(f"| {case}{runs} | {a:.2f} | – | – |")
             continue
-        a, b = row[args.key], other[args.key]
+        b = statistics.median(r[args.key] for r in others)
         ratio = a / b if higher_is_better else b / a
-        print(f"| {case} | {a:.2f} | {b:.2f} | {ratio:.2f}× |")
+        print(f"| {case}{runs} | {a:.2f} | {b:.2f} | {ratio:.2f}× |")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 //! compare medians and ratios).
 //!
 //! `cargo run --release -p depthshrink-tensor --example kernel_bench -- gemm|conv|bn [filter]`
-//! Thread count: `RAYON_NUM_THREADS` (default: all cores). Add `--features gemm-crate` to time the
-//! `gemm` crate backend.
+//! Thread count: `RAYON_NUM_THREADS` (default: all cores). Add `--features matrixmultiply` to time
+//! the `matrixmultiply` backend, and for `gemm-ab` (both backends side by side).
 
 use std::time::{Duration, Instant};
 
@@ -85,7 +85,7 @@ const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 9] = [
 ];
 
 fn bench_gemm(rng: &mut StdRng, filter: &str) {
-    let backend = if cfg!(feature = "gemm-crate") {
+    let backend = if cfg!(not(feature = "matrixmultiply")) {
         "gemm crate"
     } else {
         "matrixmultiply"
@@ -137,7 +137,7 @@ fn bench_gemm(rng: &mut StdRng, filter: &str) {
 
 /// Both backends in one process, alternating run by run so that load drifts hit both alike:
 /// per shape, the median over 9 alternations of each backend's per-call time.
-#[cfg(feature = "gemm-crate")]
+#[cfg(feature = "matrixmultiply")]
 fn bench_gemm_ab(rng: &mut StdRng, filter: &str) {
     type Backend = fn(usize, usize, usize, &[f32], [isize; 2], &[f32], [isize; 2], &mut [f32]);
     #[allow(clippy::too_many_arguments)]
@@ -400,7 +400,7 @@ fn main() {
         Some("gemm") => bench_gemm(&mut rng, filter),
         Some("conv") => bench_conv(&mut rng, filter),
         Some("bn") => bench_bn(&mut rng, filter),
-        #[cfg(feature = "gemm-crate")]
+        #[cfg(feature = "matrixmultiply")]
         Some("gemm-ab") => bench_gemm_ab(&mut rng, filter),
         _ => eprintln!("usage: kernel_bench gemm|conv|bn|gemm-ab [label filter]"),
     }

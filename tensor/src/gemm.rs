@@ -1,7 +1,8 @@
 //! The one GEMM entry point every kernel calls, plus the 2-D tensor products built on it.
 //!
 //! [`sgemm`] is a strided slice API (strides express transposes) over a single-threaded backend
-//! kernel: `matrixmultiply` by default, the `gemm` crate under feature `gemm-crate`. Parallelism
+//! kernel: the `gemm` crate (with its AVX-512 kernels where the CPU has them), or `matrixmultiply`
+//! under feature `matrixmultiply`; BENCHMARKS.md has the measurement behind the choice. Parallelism
 //! follows the project's one-level rule: called from inside a rayon worker it runs on that thread
 //! alone; called from outside, a large product is split into blocks of C across the global pool.
 
@@ -259,7 +260,7 @@ fn no_self_overlap(rows: usize, cols: usize, rs: isize, cs: isize) -> bool {
 ///
 /// # Safety
 /// The three matrices must lie within live allocations, and C must not alias A, B or itself.
-#[cfg(not(feature = "gemm-crate"))]
+#[cfg(feature = "matrixmultiply")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     m: usize,
@@ -286,7 +287,7 @@ unsafe fn kernel(
 ///
 /// # Safety
 /// The three matrices must lie within live allocations, and C must not alias A, B or itself.
-#[cfg(feature = "gemm-crate")]
+#[cfg(not(feature = "matrixmultiply"))]
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
     m: usize,
