@@ -115,8 +115,9 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
 }
 
 /// Training forward: normalises with the batch statistics (then clamps to [0, 6] if
-/// `opts.relu6`), returns the output and the [`BatchStats`] for [`backward_train`], and updates `running_mean` / `running_var` in place
-/// (the latter with the unbiased variance `n/(n−1)·var`, as PyTorch does). Nothing is modified
+/// `opts.relu6`), returns the output and the [`BatchStats`] for [`backward_train`], and updates
+/// `running_mean` / `running_var` in place (the latter with the unbiased variance
+/// `n/(n−1)·var`, as PyTorch does). Nothing is modified
 /// when an error is returned. Like PyTorch, refuses a channel with a single value (N·H·W = 1).
 pub fn forward_train(
     x: &Tensor,
