@@ -11,10 +11,12 @@
 //! that worker.
 
 use std::cell::Cell;
+use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
 use crate::depthwise;
+use crate::elementwise::as_uninit;
 use crate::gemm::{SendPtr, extent, sgemm, sgemm_raw};
 use crate::{Result, Tensor, TensorError};
 
@@ -179,15 +181,9 @@ pub fn conv2d_act(
         ));
     }
     let out = g.output_shape();
-    let mut y = output_vec(out.iter().product());
-    forward(
-        x.data(),
-        w.data(),
-        bias.map(Tensor::data),
-        relu6,
-        &mut y,
-        &g,
-    );
+    let y = output_vec(out.iter().product(), |y| {
+        forward_uninit(x.data(), w.data(), bias.map(Tensor::data), relu6, y, &g)
+    });
     Tensor::from_vec(&out, y)
 }
 
@@ -201,8 +197,9 @@ pub fn conv2d_backward_input(
     const OP: &str = "conv2d_backward_input";
     let g = ConvGeom::new(OP, x_shape, w.shape(), p)?;
     expect_output_shape(OP, dy, &g)?;
-    let mut dx = output_vec(x_shape.iter().product());
-    backward_input(dy.data(), w.data(), &mut dx, &g);
+    let dx = output_vec(x_shape.iter().product(), |dx| {
+        backward_input_uninit(dy.data(), w.data(), dx, &g)
+    });
     Tensor::from_vec(&x_shape, dx)
 }
 
@@ -228,12 +225,15 @@ pub fn conv2d_backward_bias(dy: &Tensor) -> Result<Tensor> {
     Tensor::from_vec(&[c], db)
 }
 
-/// A zeroed output buffer. A fresh multi-megabyte buffer costs one page fault per 4 KiB on first
+/// An output buffer of `len` floats, filled by `fill`, which must write every element (the conv
+/// kernels do; their tests start outputs as NaN to prove it). Not zeroed first: zeroing a
+/// buffer the kernel then overwrites was 6% of a training step and 14% of batch-32 inference.
+/// A fresh multi-megabyte buffer costs one page fault per 4 KiB on first
 /// write (~5 µs each on this VM: ~35 ms for a 57 MB batch output, more than the 1×1 convolution
 /// writing it), so large ones ask Linux for transparent huge pages first (measured 2× faster
 /// allocate-and-fill). Belongs in `Tensor`'s allocator once that has one.
-fn output_vec(len: usize) -> Vec<f32> {
-    let v = vec![0.0f32; len];
+fn output_vec(len: usize, fill: impl FnOnce(&mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
     #[cfg(target_os = "linux")]
     if len >= STREAM_MIN {
         const HUGE: usize = 2 << 20;
@@ -245,10 +245,13 @@ fn output_vec(len: usize) -> Vec<f32> {
         let end = (v.as_ptr() as usize + len * 4) / HUGE * HUGE;
         if end > start {
             // SAFETY: a hint on whole pages inside `v`'s allocation; it changes no contents
-            // (the pages are untouched zero pages) and a failure is harmless, so it is ignored.
+            // (nothing has been written yet) and a failure is harmless, so it is ignored.
             let _ = unsafe { madvise(start as *mut std::ffi::c_void, end - start, MADV_HUGEPAGE) };
         }
     }
+    fill(&mut v.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements (the contract above).
+    unsafe { v.set_len(len) };
     v
 }
 
@@ -365,12 +368,24 @@ pub fn forward(
     y: &mut [f32],
     g: &ConvGeom,
 ) {
+    forward_uninit(x, w, bias, relu6, as_uninit(y), g)
+}
+
+/// [`forward`] into a buffer that need not be initialised: every element is written.
+fn forward_uninit(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu6: bool,
+    y: &mut [MaybeUninit<f32>],
+    g: &ConvGeom,
+) {
     check_lens(g, x.len(), w.len(), y.len());
     if let Some(b) = bias {
         assert_eq!(b.len(), g.cout, "conv: bias slice length");
     }
     if g.is_depthwise() {
-        return depthwise::forward(x, w, bias, relu6, y, g);
+        return depthwise::forward_uninit(x, w, bias, relu6, y, g);
     }
     let epilogue = Epilogue { bias: None, relu6 };
     let d = Dims::new(g);
@@ -381,7 +396,7 @@ pub fn forward(
         wanted_tasks().div_ceil((g.n * g.groups).max(1)),
     );
     let tiles = d.ohw.div_ceil(tile);
-    let y = SendPtr::new(y.as_mut_ptr());
+    let y = SendPtr::new(y.as_mut_ptr().cast::<f32>());
     run_tasks(g.n * g.groups * tiles, |t| {
         let (plane, p0) = (t / tiles, t % tiles * tile);
         let (img, grp) = (plane / g.groups, plane % g.groups);
@@ -601,13 +616,18 @@ fn store_fence() {
 
 /// Input gradient on slices sized by `g`; `dx` is overwritten.
 pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
+    backward_input_uninit(dy, w, as_uninit(dx), g)
+}
+
+/// [`backward_input`] into a buffer that need not be initialised: every element is written.
+fn backward_input_uninit(dy: &[f32], w: &[f32], dx: &mut [MaybeUninit<f32>], g: &ConvGeom) {
     check_lens(g, dx.len(), w.len(), dy.len());
     if g.is_depthwise() {
-        return depthwise::backward_input(dy, w, dx, g);
+        return depthwise::backward_input_uninit(dy, w, dx, g);
     }
     let d = Dims::new(g);
     let dx_len = dx.len();
-    let dx = SendPtr::new(dx.as_mut_ptr());
+    let dx = SendPtr::new(dx.as_mut_ptr().cast::<f32>());
     let planes = g.n * g.groups;
     if d.pointwise {
         // dx tile = Wᵀ·dy tile: tiles write disjoint blocks, as in the forward pass.
@@ -660,9 +680,11 @@ pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
         let dyg = &dy[(img * g.cout + grp * d.cout_g) * d.ohw..][..d.cout_g * d.ohw];
         let dx0 = (img * g.cin + grp * d.cin_g + c0) * d.hw;
         // SAFETY: input channels [c0, c0+nc) of this plane: inside `dx` (length checked) and
-        // owned by this task alone.
-        let dxb = unsafe { std::slice::from_raw_parts_mut(dx.get().add(dx0), nc * d.hw) };
-        dxb.fill(0.0);
+        // owned by this task alone; zeroed before the slice is formed (`dx` may be uninitialised).
+        let dxb = unsafe {
+            std::ptr::write_bytes(dx.get().add(dx0), 0, nc * d.hw);
+            std::slice::from_raw_parts_mut(dx.get().add(dx0), nc * d.hw)
+        };
         let rows = nc * d.kk;
         with_scratch(rows * tile, |dcol| {
             for p0 in (0..d.ohw).step_by(tile) {

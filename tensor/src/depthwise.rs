@@ -19,9 +19,12 @@
 //! forward pass and the input gradient, over channels (summing the images inside) for the weight
 //! gradient.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::conv::ConvGeom;
+use crate::elementwise::as_uninit;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -134,11 +137,14 @@ fn each_plane(
     }
 }
 
-/// Output floats a task writes before it clamps them (ReLU6), so they are still in L2.
-const CLAMP_RUN: usize = 1 << 14;
+/// Output floats a task writes at a time: small enough to stay in L2 between being zeroed,
+/// written by the kernel and (ReLU6) clamped.
+const RUN: usize = 1 << 14;
 
-/// Runs `kernel` over every plane in parallel, in contiguous runs of planes; with `relu6` each
-/// run is clamped to [0, 6] right after it is written, [`CLAMP_RUN`] floats at a time.
+/// Runs `kernel` over every plane in parallel, in contiguous runs of planes, into a `dst` that
+/// need not be initialised. Each run of about [`RUN`] floats is zeroed just before the kernel
+/// overwrites it (the kernels take initialised slices; in cache that costs little, unlike
+/// zeroing the whole output in memory first), then clamped to [0, 6] with `relu6`.
 #[allow(clippy::too_many_arguments)]
 fn run_planes(
     src: &[f32],
@@ -146,7 +152,7 @@ fn run_planes(
     w: &[f32],
     bias: Option<&[f32]>,
     relu6: bool,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     dst_plane: usize,
     chans: usize,
     d: &Dims,
@@ -157,11 +163,7 @@ fn run_planes(
         return;
     }
     let per_task = planes_per_task(dst.len() / dst_plane);
-    let per_run = if relu6 {
-        CLAMP_RUN.div_ceil(dst_plane).min(per_task)
-    } else {
-        per_task
-    };
+    let per_run = RUN.div_ceil(dst_plane).min(per_task);
     dst.par_chunks_mut(per_task * dst_plane)
         .enumerate()
         .for_each(|(t, chunk)| {
@@ -170,6 +172,9 @@ fn run_planes(
                 let first = t * per_task + i * per_run;
                 let planes = run.len() / dst_plane;
                 let src = &src[first * src_plane..][..planes * src_plane];
+                run.fill(MaybeUninit::new(0.0));
+                // SAFETY: every element of `run` was just written.
+                let run = unsafe { &mut *(run as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 // SAFETY: `kernel` was chosen for this CPU and geometry (AVX2 kernels only when
                 // `use_avx2` holds); slices hold whole planes of the sizes `d` implies, and `buf`
                 // is zeroed scratch of the length that kernel asked for, for this geometry only.
@@ -200,6 +205,18 @@ pub fn forward(
     y: &mut [f32],
     g: &ConvGeom,
 ) {
+    forward_uninit(x, w, bias, relu6, as_uninit(y), g);
+}
+
+/// [`forward`] into a buffer that need not be initialised: every element is written.
+pub(crate) fn forward_uninit(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu6: bool,
+    y: &mut [MaybeUninit<f32>],
+    g: &ConvGeom,
+) {
     forward_with(Path::Auto, x, w, bias, relu6, y, g);
 }
 
@@ -209,7 +226,7 @@ fn forward_with(
     w: &[f32],
     bias: Option<&[f32]>,
     relu6: bool,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     g: &ConvGeom,
 ) {
     let d = Dims::new(g);
@@ -268,10 +285,26 @@ fn avx2_forward(_: &Dims) -> (usize, PlanesFn) {
 ///
 /// Panics if the slice lengths don't match `g` or `g` is not depthwise.
 pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
+    backward_input_uninit(dy, w, as_uninit(dx), g);
+}
+
+/// [`backward_input`] into a buffer that need not be initialised: every element is written.
+pub(crate) fn backward_input_uninit(
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    g: &ConvGeom,
+) {
     backward_input_with(Path::Auto, dy, w, dx, g);
 }
 
-fn backward_input_with(path: Path, dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
+fn backward_input_with(
+    path: Path,
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    g: &ConvGeom,
+) {
     let d = Dims::new(g);
     let c = g.cin;
     check_lens("dy", dy.len(), g.n * c * d.out_plane());
@@ -432,8 +465,9 @@ mod tests {
         .ok()
     }
 
-    /// Runs all three passes on every path against the reference. Outputs start as NaN so an
-    /// element a kernel forgets to write fails the comparison.
+    /// Runs all three passes on every path against the reference. Outputs start as NaN (and
+    /// forward / input-gradient runs are zeroed just before their kernel), so an element a kernel
+    /// forgets to write fails the comparison.
     fn check(g: &ConvGeom, seed: u64) {
         let mut r = rng(seed);
         let (xl, yl, wl) = (
@@ -459,10 +493,10 @@ mod tests {
         for path in PATHS {
             let what = |pass: &str| format!("{pass} {path:?} {g:?} relu6 {relu6}");
             let mut y = vec![f32::NAN; yl];
-            forward_with(path, &x, &w, bias, relu6, &mut y, g);
+            forward_with(path, &x, &w, bias, relu6, as_uninit(&mut y), g);
             assert_close(&y, &y_ref, TOL, &what("forward"));
             let mut dx = vec![f32::NAN; xl];
-            backward_input_with(path, &dy, &w, &mut dx, g);
+            backward_input_with(path, &dy, &w, as_uninit(&mut dx), g);
             assert_close(&dx, &dx_ref, TOL, &what("backward_input"));
             let mut dw = vec![f32::NAN; wl];
             backward_weight_with(path, &x, &dy, &mut dw, g);

@@ -63,6 +63,14 @@ pub(crate) fn build(
     v
 }
 
+/// An initialised buffer viewed as write-only slots, for kernels that fill possibly
+/// uninitialised outputs. Only ever written with valid f32s, so `v` stays initialised.
+pub(crate) fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: MaybeUninit<f32> has f32's layout; the crate's callers write only f32 values
+    // through the view (never `MaybeUninit::uninit()`), so `v` remains initialised.
+    unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
 /// `out[i] = f(a[i])`; panics (a kernel bug, not a user error) if the lengths differ.
 #[inline]
 pub(crate) fn write1(out: &mut [MaybeUninit<f32>], a: &[f32], f: impl Fn(f32) -> f32) {
