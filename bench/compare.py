@@ -5,7 +5,8 @@
 
 For times (`ms`), the ratio is baseline / ours (> 1 means depthshrink is faster); for rates
 (`images_per_s`), ours / baseline. A case run several times (e.g. alternating engines) is
-reported as the median of its runs. Rows are matched on every field that is not a measurement (or the `engine` name).
+reported as the median of its runs, and the ratio as the median of the per-round ratios when
+both sides ran it equally often. Rows are matched on every field that is not a measurement (or the `engine` name).
 """
 import argparse
 import json
@@ -47,8 +48,14 @@ def main():
             print(f"| {case}{runs} | {a:.2f} | – | – |")
             continue
         b = statistics.median(r[args.key] for r in others)
-        ratio = a / b if higher_is_better else b / a
-        print(f"| {case}{runs} | {a:.2f} | {b:.2f} | {ratio:.2f}× |")
+        ratio = lambda x, y: x / y if higher_is_better else y / x
+        if len(rows) == len(others) > 1:
+            # Alternating runs: the i-th of each ran under about the same load, so the median of
+            # the per-round ratios is steadier than the ratio of the medians.
+            r = statistics.median(ratio(x[args.key], y[args.key]) for x, y in zip(rows, others))
+        else:
+            r = ratio(a, b)
+        print(f"| {case}{runs} | {a:.2f} | {b:.2f} | {r:.2f}× |")
 
 
 if __name__ == "__main__":
