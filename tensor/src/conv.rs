@@ -385,9 +385,8 @@ fn forward_uninit(
         assert_eq!(b.len(), g.cout, "conv: bias slice length");
     }
     if g.is_depthwise() {
-        return depthwise::forward_uninit(x, w, bias, relu6, y, g);
+        return depthwise::forward(x, w, bias, relu6, y, g);
     }
-    let epilogue = Epilogue { bias: None, relu6 };
     let d = Dims::new(g);
     let col_rows = if d.pointwise { 0 } else { d.kc };
     let stream = streams(y.len());
@@ -405,7 +404,7 @@ fn forward_uninit(
         let wg = &w[grp * d.cout_g * d.kc..][..d.cout_g * d.kc];
         let epilogue = Epilogue {
             bias: bias.map(|b| &b[grp * d.cout_g..][..d.cout_g]),
-            ..epilogue
+            relu6,
         };
         let y0 = (img * g.cout + grp * d.cout_g) * d.ohw + p0;
         let out_rows = if stream { d.cout_g } else { 0 };
@@ -623,7 +622,7 @@ pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
 fn backward_input_uninit(dy: &[f32], w: &[f32], dx: &mut [MaybeUninit<f32>], g: &ConvGeom) {
     check_lens(g, dx.len(), w.len(), dy.len());
     if g.is_depthwise() {
-        return depthwise::backward_input_uninit(dy, w, dx, g);
+        return depthwise::backward_input(dy, w, dx, g);
     }
     let d = Dims::new(g);
     let dx_len = dx.len();

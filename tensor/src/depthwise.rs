@@ -24,7 +24,6 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::conv::ConvGeom;
-use crate::elementwise::as_uninit;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -194,22 +193,10 @@ fn check_lens(what: &str, got: usize, want: usize) {
 }
 
 /// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]), the bias fused into the accumulator's initial value,
-/// then clamped to [0, 6] if `relu6`.
+/// then clamped to [0, 6] if `relu6`. `y` need not be initialised: every element is written.
 ///
 /// Panics if the slice lengths don't match `g` or `g` is not depthwise.
 pub fn forward(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    relu6: bool,
-    y: &mut [f32],
-    g: &ConvGeom,
-) {
-    forward_uninit(x, w, bias, relu6, as_uninit(y), g);
-}
-
-/// [`forward`] into a buffer that need not be initialised: every element is written.
-pub(crate) fn forward_uninit(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
@@ -281,20 +268,10 @@ fn avx2_forward(_: &Dims) -> (usize, PlanesFn) {
 
 /// dx = dy ⋆ rot180(w): for stride 1 the forward row kernel on dy padded by k−1−p; for stride 2
 /// (AVX2) a gather per output phase, each dx element written once; otherwise (portable) the
-/// correlation of the stride-dilated dy.
+/// correlation of the stride-dilated dy. `dx` need not be initialised: every element is written.
 ///
 /// Panics if the slice lengths don't match `g` or `g` is not depthwise.
-pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [f32], g: &ConvGeom) {
-    backward_input_uninit(dy, w, as_uninit(dx), g);
-}
-
-/// [`backward_input`] into a buffer that need not be initialised: every element is written.
-pub(crate) fn backward_input_uninit(
-    dy: &[f32],
-    w: &[f32],
-    dx: &mut [MaybeUninit<f32>],
-    g: &ConvGeom,
-) {
+pub fn backward_input(dy: &[f32], w: &[f32], dx: &mut [MaybeUninit<f32>], g: &ConvGeom) {
     backward_input_with(Path::Auto, dy, w, dx, g);
 }
 
@@ -441,6 +418,7 @@ fn avx2_backward_weight(_: &Dims) -> (usize, WeightFn) {
 mod tests {
     use super::*;
     use crate::conv::ConvParams;
+    use crate::elementwise::as_uninit;
     use crate::reference::depthwise as reference;
     use crate::testutil::{assert_close, rand_vec, rng};
 
