@@ -2,7 +2,7 @@
 
 use depthshrink_autograd::{Var, ops};
 use depthshrink_tensor::batchnorm::BnOptions;
-use depthshrink_tensor::conv::ConvParams;
+use depthshrink_tensor::conv::{self, ConvParams, PackedWeight};
 use depthshrink_tensor::{Result, Tensor, TensorError};
 use rand::Rng;
 
@@ -30,6 +30,9 @@ pub struct Conv2d {
     pub weight: Param,
     pub bias: Option<Param>,
     pub params: ConvParams,
+    /// The weight's GEMM packing, made by [`Conv2d::prepack`] for inference; used only while
+    /// it still packs `weight` (a write to the weight copies it, which retires the packing).
+    packed: Option<PackedWeight>,
 }
 
 impl Conv2d {
@@ -49,11 +52,22 @@ impl Conv2d {
             (2.0 / fan_out).sqrt(),
         );
         let bias = bias.then(|| Param::new(Tensor::zeros(&[cout]), false));
+        Conv2d::from_parts(Param::new(weight, true), bias, params)
+    }
+
+    pub fn from_parts(weight: Param, bias: Option<Param>, params: ConvParams) -> Conv2d {
         Conv2d {
-            weight: Param::new(weight, true),
+            weight,
             bias,
             params,
+            packed: None,
         }
+    }
+
+    /// Packs the weight for the GEMM once, so that evaluation does not repack it every call
+    /// (no-op for depthwise weights and where the GEMM kernel cannot read packings).
+    pub fn prepack(&mut self) {
+        self.packed = PackedWeight::new(&self.weight.value, self.params.groups);
     }
 
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
@@ -70,7 +84,15 @@ impl Conv2d {
         let w = self.weight.bind(ctx);
         let b = self.bias.as_mut().map(|b| b.bind(ctx));
         let (p, relu6) = (ConvParams { pad, ..self.params }, act == Act::Relu6);
-        let y = ops::conv2d_act(x, &w, b.as_ref(), p, relu6)?;
+        let untracked =
+            !(x.is_tracked() || w.is_tracked() || b.as_ref().is_some_and(Var::is_tracked));
+        let y = match &self.packed {
+            Some(packed) if untracked && packed.packs(w.value(), p.groups) => {
+                let bias = b.as_ref().map(Var::value);
+                Var::constant(conv::conv2d_act_packed(x.value(), packed, bias, p, relu6)?)
+            }
+            _ => ops::conv2d_act(x, &w, b.as_ref(), p, relu6)?,
+        };
         if relu6 { Ok(y) } else { act.apply(&y, ctx) }
     }
 

@@ -313,20 +313,26 @@ impl MobileNet {
         self.apply_keep(&variant.keep)
     }
 
-    /// A copy for fast evaluation: every batch norm folded into its conv, and gated sites
-    /// fixed to the search's current decision.
+    /// A copy for fast evaluation: every batch norm folded into its conv, every weight packed
+    /// for the GEMM once, and gated sites fixed to the search's current decision.
     pub fn for_inference(&self) -> Result<MobileNet> {
         let mut net = self.clone();
         if let Some(search) = net.search.take() {
             net.fix_gates(&search.decision());
         }
-        net.stem.fold()?;
-        net.head.fold()?;
+        for cb in [&mut net.stem, &mut net.head] {
+            cb.fold()?;
+            cb.conv.prepack();
+        }
         for block in &mut net.blocks {
-            if let Block::Ir(b) = block {
-                for cb in b.expand.iter_mut().chain([&mut b.dw, &mut b.project]) {
-                    cb.fold()?;
+            match block {
+                Block::Ir(b) => {
+                    for cb in b.expand.iter_mut().chain([&mut b.dw, &mut b.project]) {
+                        cb.fold()?;
+                        cb.conv.prepack();
+                    }
                 }
+                Block::Merged(m) => m.conv.prepack(),
             }
         }
         Ok(net)
@@ -462,9 +468,9 @@ pub fn merged_conv(
     stride: usize,
 ) -> Conv2d {
     let k = weight.shape()[2];
-    Conv2d {
-        weight: crate::Param::new(weight, true),
-        bias: Some(crate::Param::new(bias, false)),
-        params: ConvParams::new(stride, k / 2, 1),
-    }
+    Conv2d::from_parts(
+        crate::Param::new(weight, true),
+        Some(crate::Param::new(bias, false)),
+        ConvParams::new(stride, k / 2, 1),
+    )
 }

@@ -72,7 +72,7 @@ fn single_thread<R: Send>(f: impl FnOnce() -> R + Send) -> R {
 }
 
 /// (label, m, k, n, A transposed, B transposed): the products conv issues per image.
-const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 9] = [
+const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 10] = [
     ("pw fwd 24→144 @56²", 144, 24, 3136, false, false),
     ("pw fwd 144→24 @56²", 24, 144, 3136, false, false),
     ("pw fwd 576→96 @14²", 96, 576, 196, false, false),
@@ -82,6 +82,7 @@ const GEMM_SHAPES: [(&str, usize, usize, usize, bool, bool); 9] = [
     ("pw bwd-w 144→24 (dY·Xᵀ)", 24, 3136, 144, false, true),
     ("pw bwd-w 576→96 (dY·Xᵀ)", 96, 196, 576, false, true),
     ("im2col 3×3 32→32 @56²", 32, 288, 3136, false, false),
+    ("square 512³", 512, 512, 512, false, false),
 ];
 
 fn bench_gemm(rng: &mut StdRng, filter: &str) {
@@ -135,7 +136,7 @@ fn bench_gemm(rng: &mut StdRng, filter: &str) {
     }
 }
 
-/// Both backends in one process, alternating run by run so that load drifts hit both alike:
+/// The backends (and `sgemm`, which is this crate's AVX-512 kernel where the CPU has one) in one process, alternating run by run so that load drifts hit both alike:
 /// per shape, the median over 9 alternations of each backend's per-call time.
 #[cfg(feature = "matrixmultiply")]
 fn bench_gemm_ab(rng: &mut StdRng, filter: &str) {
@@ -207,7 +208,23 @@ fn bench_gemm_ab(rng: &mut StdRng, filter: &str) {
             )
         }
     }
-    let backends: [(&str, Backend); 2] = [("matrixmultiply", mm), ("gemm crate", gc)];
+    #[allow(clippy::too_many_arguments)]
+    fn own(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: &[f32],
+        sa: [isize; 2],
+        b: &[f32],
+        sb: [isize; 2],
+        c: &mut [f32],
+    ) {
+        sgemm(
+            m, k, n, 1.0, a, sa[0], sa[1], b, sb[0], sb[1], 0.0, c, n as isize, 1,
+        )
+    }
+    let backends: [(&str, Backend); 3] =
+        [("matrixmultiply", mm), ("gemm crate", gc), ("sgemm", own)];
     println!("single thread, median of 9 alternations: wall GFLOP/s (on-CPU GFLOP/s)");
     for (label, m, k, n, ta, tb) in GEMM_SHAPES {
         if !label.contains(filter) {
@@ -217,7 +234,7 @@ fn bench_gemm_ab(rng: &mut StdRng, filter: &str) {
         let mut c = vec![0.0; m * n];
         let sa = if ta { [1, m as isize] } else { [k as isize, 1] };
         let sb = if tb { [1, k as isize] } else { [n as isize, 1] };
-        let mut res = [(vec![], vec![]), (vec![], vec![])];
+        let mut res = vec![(vec![], vec![]); backends.len()];
         single_thread(|| {
             for _ in 0..9 {
                 for ((_, f), (wall, cpu)) in backends.iter().zip(&mut res) {

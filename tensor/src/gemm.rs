@@ -1,12 +1,16 @@
 //! The one GEMM entry point every kernel calls, plus the 2-D tensor products built on it.
 //!
-//! [`sgemm`] is a strided slice API (strides express transposes) over a single-threaded backend
-//! kernel: the `gemm` crate (with its AVX-512 kernels where the CPU has them), or `matrixmultiply`
-//! under feature `matrixmultiply`; BENCHMARKS.md has the measurement behind the choice. Parallelism
-//! follows the project's one-level rule: called from inside a rayon worker it runs on that thread
-//! alone; called from outside, a large product is split into blocks of C across the global pool.
+//! [`sgemm`] is a strided slice API (strides express transposes) over a single-threaded kernel:
+//! this crate's own AVX-512 kernel (`gemm/avx512.rs`) where the CPU has AVX-512, else the `gemm`
+//! crate (AVX2/FMA or portable), or `matrixmultiply` under feature `matrixmultiply`;
+//! BENCHMARKS.md has the measurements behind the choice. Parallelism follows the project's
+//! one-level rule: called from inside a rayon worker it runs on that thread alone; called from
+//! outside, a large product is split into blocks of C across the global pool.
 
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 
 use crate::{Result, Tensor, TensorError};
 
@@ -14,8 +18,10 @@ use crate::{Result, Tensor, TensorError};
 /// and each block re-packs the shared operand.
 const PAR_MIN_MACS: usize = 1 << 22;
 
-/// Block edges are rounded to this so every block keeps whole micro-kernel tiles.
-const BLOCK_ALIGN: usize = 32;
+/// Rows and columns of C in the AVX-512 kernel's register tile. Parallel blocks of C start at
+/// multiples of them, so every block keeps whole tiles (and a [`PackedLhs`]'s row strips line up).
+const TILE_ROWS: usize = 12;
+const TILE_COLS: usize = 32;
 
 /// C = alpha·A·B + beta·C, with A `m×k`, B `k×n`, C `m×n` addressed as `x[i*rs + j*cs]`.
 ///
@@ -73,6 +79,7 @@ pub fn sgemm(
             a.as_ptr(),
             rsa,
             csa,
+            None,
             b.as_ptr(),
             rsb,
             csb,
@@ -80,17 +87,103 @@ pub fn sgemm(
             c.as_mut_ptr(),
             rsc,
             csc,
+            Epilogue::default(),
         )
     }
 }
 
+/// What happens to C right after its product, while it is in cache: `bias[row]` is added, then
+/// (if `relu6`) the result is clamped to [0, 6].
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    pub(crate) bias: Option<&'a [f32]>,
+    pub(crate) relu6: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    pub(crate) fn is_noop(&self) -> bool {
+        self.bias.is_none() && !self.relu6
+    }
+
+    /// Row `r`'s bias and the clamp bounds.
+    pub(crate) fn row(&self, r: usize) -> (f32, f32, f32) {
+        let b = self.bias.map_or(0.0, |b| b[r]);
+        if self.relu6 {
+            (b, 0.0, 6.0)
+        } else {
+            (b, f32::NEG_INFINITY, f32::INFINITY)
+        }
+    }
+
+    /// The epilogue of the rows from `start` on.
+    fn rows_from(self, start: usize) -> Epilogue<'a> {
+        Epilogue {
+            bias: self.bias.map(|b| &b[start..]),
+            ..self
+        }
+    }
+
+    /// Applies the epilogue to the row-major `rows×cols` matrix at `c` (row stride `ld`).
+    ///
+    /// # Safety
+    /// The matrix must be valid for reads and writes that no other thread makes meanwhile.
+    unsafe fn apply(&self, rows: usize, cols: usize, c: *mut f32, ld: isize) {
+        if self.is_noop() {
+            return;
+        }
+        for r in 0..rows {
+            let (b, lo, hi) = self.row(r);
+            // SAFETY: row `r` of the caller's matrix.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.offset(r as isize * ld), cols) };
+            row.iter_mut().for_each(|v| *v = (*v + b).clamp(lo, hi));
+        }
+    }
+}
+
+/// A matrix packed once for use as the left operand (A) of many products, as a layer's fixed
+/// weights are at inference: products then skip packing it, which is most of the GEMM overhead
+/// of small batches.
+#[derive(Clone)]
+pub struct PackedLhs {
+    m: usize,
+    k: usize,
+    /// The layout the AVX-512 kernel packs A into (see `avx512::pack_lhs`).
+    data: Vec<f32>,
+}
+
+impl PackedLhs {
+    /// Packs the `m×k` matrix at `a` (strides `rs`, `cs`), or `None` where the GEMM kernel does
+    /// not read packed operands (no AVX-512).
+    ///
+    /// # Panics
+    /// When the matrix does not fit in `a`.
+    pub fn new(m: usize, k: usize, a: &[f32], rs: usize, cs: usize) -> Option<PackedLhs> {
+        let (rs, cs) = (rs as isize, cs as isize);
+        assert!(
+            extent(m, k, rs, cs) <= a.len(),
+            "PackedLhs: {m}×{k} (strides {rs},{cs}) exceeds its slice of {}",
+            a.len()
+        );
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            let mut data = vec![0.0; m * k];
+            // SAFETY: A fits in `a` (asserted); `data` holds the m·k packed floats.
+            unsafe { avx512::pack_lhs(m, k, (a.as_ptr(), rs, cs), data.as_mut_ptr()) };
+            return Some(PackedLhs { m, k, data });
+        }
+        None
+    }
+}
+
 /// [`sgemm`] on raw pointers, for kernels whose parallel tasks write disjoint but interleaved
-/// parts of one output (which no set of non-overlapping `&mut` slices can express).
+/// parts of one output (which no set of non-overlapping `&mut` slices can express), then the
+/// epilogue (its bias, if any, has one value per row of C).
 ///
 /// # Safety
 /// A, B and C must lie within live allocations for the given dimensions and (non-negative)
 /// strides; C must not alias A, B or itself, and no other thread may access C's elements
-/// during the call.
+/// during the call. An epilogue needs a row-major C (`csc == 1`). `packed_a`, if given, must
+/// hold the same A (the kernels that can read it do, the others read `a`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_raw(
     m: usize,
@@ -100,6 +193,7 @@ pub(crate) unsafe fn sgemm_raw(
     a: *const f32,
     rsa: isize,
     csa: isize,
+    packed_a: Option<&PackedLhs>,
     b: *const f32,
     rsb: isize,
     csb: isize,
@@ -107,10 +201,15 @@ pub(crate) unsafe fn sgemm_raw(
     c: *mut f32,
     rsc: isize,
     csc: isize,
+    epilogue: Epilogue,
 ) {
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        epilogue.is_noop() || csc == 1 && epilogue.bias.is_none_or(|b| b.len() >= m),
+        "sgemm: an epilogue needs a row-major C and a bias per row"
+    );
     if k == 0 {
         // A and B are empty: C = beta·C (C = 0 for beta == 0, whatever it held).
         for i in 0..m as isize {
@@ -122,6 +221,8 @@ pub(crate) unsafe fn sgemm_raw(
                 }
             }
         }
+        // SAFETY: C is the caller's row-major matrix (asserted above when there is an epilogue).
+        unsafe { epilogue.apply(m, n, c, rsc) };
         return;
     }
     let (a, b, c) = (SendConst(a), SendConst(b), SendPtr::new(c));
@@ -132,7 +233,8 @@ pub(crate) unsafe fn sgemm_raw(
     // Split the longer side of C; the other operand is shared (and packed once per block).
     let split_n = n >= m;
     let len = if split_n { n } else { m };
-    let block = len.div_ceil(threads).next_multiple_of(BLOCK_ALIGN);
+    let align = if split_n { TILE_COLS } else { TILE_ROWS };
+    let block = len.div_ceil(threads).next_multiple_of(align);
     if !parallel || block >= len {
         // SAFETY: the caller's contract.
         unsafe {
@@ -144,6 +246,7 @@ pub(crate) unsafe fn sgemm_raw(
                 a.get(),
                 rsa,
                 csa,
+                packed_a.map(|p| (p, 0)),
                 b.get(),
                 rsb,
                 csb,
@@ -151,6 +254,7 @@ pub(crate) unsafe fn sgemm_raw(
                 c.get(),
                 rsc,
                 csc,
+                epilogue,
             )
         };
         return;
@@ -170,6 +274,7 @@ pub(crate) unsafe fn sgemm_raw(
                     a.get(),
                     rsa,
                     csa,
+                    packed_a.map(|p| (p, 0)),
                     b.get().offset(bo),
                     rsb,
                     csb,
@@ -177,6 +282,7 @@ pub(crate) unsafe fn sgemm_raw(
                     c.get().offset(co),
                     rsc,
                     csc,
+                    epilogue,
                 );
             } else {
                 let (ao, co) = (start as isize * rsa, start as isize * rsc);
@@ -188,6 +294,7 @@ pub(crate) unsafe fn sgemm_raw(
                     a.get().offset(ao),
                     rsa,
                     csa,
+                    packed_a.map(|p| (p, start)),
                     b.get(),
                     rsb,
                     csb,
@@ -195,6 +302,7 @@ pub(crate) unsafe fn sgemm_raw(
                     c.get().offset(co),
                     rsc,
                     csc,
+                    epilogue.rows_from(start),
                 );
             }
         }
@@ -256,13 +364,68 @@ fn no_self_overlap(rows: usize, cols: usize, rs: isize, cs: isize) -> bool {
     (lo.1 <= 1 || lo.0 >= 1) && (hi.1 <= 1 || hi.0 >= lo_span)
 }
 
-/// The single-threaded backend product on raw pointers.
+/// The single-threaded product and epilogue on raw pointers: the AVX-512 kernel (epilogue fused
+/// into its stores; A read from `packed_a`, starting at the given row, where it fits) when it
+/// applies, else the backend crate and a pass over C.
 ///
 /// # Safety
-/// The three matrices must lie within live allocations, and C must not alias A, B or itself.
-#[cfg(feature = "matrixmultiply")]
+/// As [`sgemm_raw`].
 #[allow(clippy::too_many_arguments)]
 unsafe fn kernel(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    packed_a: Option<(&PackedLhs, usize)>,
+    b: *const f32,
+    rsb: isize,
+    csb: isize,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+    epilogue: Epilogue,
+) {
+    // SAFETY (all three): the caller's contract; the AVX-512 kernel only runs where it is
+    // available.
+    #[cfg(target_arch = "x86_64")]
+    if avx512::available()
+        && unsafe {
+            avx512::sgemm(
+                m,
+                k,
+                n,
+                alpha,
+                (a, rsa, csa),
+                packed_a,
+                (b, rsb, csb),
+                beta,
+                c,
+                rsc,
+                csc,
+                epilogue,
+            )
+        }
+    {
+        return;
+    }
+    let _ = packed_a;
+    unsafe {
+        backend(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
+        epilogue.apply(m, n, c, rsc);
+    }
+}
+
+/// The backend crate's single-threaded product on raw pointers.
+///
+/// # Safety
+/// As [`kernel`].
+#[cfg(feature = "matrixmultiply")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn backend(
     m: usize,
     k: usize,
     n: usize,
@@ -283,13 +446,13 @@ unsafe fn kernel(
     unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
 }
 
-/// The single-threaded backend product on raw pointers.
+/// The backend crate's single-threaded product on raw pointers.
 ///
 /// # Safety
-/// The three matrices must lie within live allocations, and C must not alias A, B or itself.
+/// As [`kernel`].
 #[cfg(not(feature = "matrixmultiply"))]
 #[allow(clippy::too_many_arguments)]
-unsafe fn kernel(
+unsafe fn backend(
     m: usize,
     k: usize,
     n: usize,
@@ -595,6 +758,98 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| check([257, 65, 257], [false, false, false], 1.0, 0.0, 4));
+    }
+
+    #[test]
+    fn epilogue_matches_a_separate_pass() {
+        // Two inner blocks (the epilogue runs once, after the last), row blocks past the packing
+        // block, a column edge, and sizes that take the threaded split over rows and columns.
+        for (i, &[m, k, n]) in [[13, 257, 70], [130, 300, 45], [300, 65, 257], [40, 65, 900]]
+            .iter()
+            .enumerate()
+        {
+            let mut r = rng(20 + i as u64);
+            let (a, b) = (rand_vec(&mut r, m * k), rand_vec(&mut r, k * n));
+            let bias: Vec<f32> = rand_vec(&mut r, m).iter().map(|v| 4.0 * v).collect();
+            for relu6 in [false, true] {
+                let mut expected = vec![0.0; m * n];
+                reference::sgemm(m, k, n, 1.5, &a, k, 1, &b, n, 1, 0.0, &mut expected, n, 1);
+                for (e, v) in expected.iter_mut().enumerate() {
+                    *v += bias[e / n];
+                    if relu6 {
+                        *v = v.clamp(0.0, 6.0);
+                    }
+                }
+                let mut c = vec![f32::NAN; m * n];
+                let epilogue = Epilogue {
+                    bias: Some(&bias),
+                    relu6,
+                };
+                let (ks, ns) = (k as isize, n as isize);
+                let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+                // SAFETY: every matrix is exactly its buffer.
+                unsafe {
+                    sgemm_raw(
+                        m, k, n, 1.5, ap, ks, 1, None, bp, ns, 1, 0.0, cp, ns, 1, epilogue,
+                    )
+                };
+                let what = format!("epilogue {m}×{k}×{n} relu6 {relu6}");
+                assert_close(&c, &expected, 1e-5, &what);
+                if relu6 {
+                    assert!(
+                        c.contains(&0.0) && c.contains(&6.0),
+                        "{what}: clamp never hit"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn prepacked_lhs_is_read_in_place_of_a() {
+        // Row blocks past MC, two inner blocks, and the threaded split over rows (m > n), whose
+        // second block starts mid-packing.
+        for (i, &[m, k, n]) in [[13, 7, 70], [130, 300, 45], [300, 65, 257]]
+            .iter()
+            .enumerate()
+        {
+            let mut r = rng(40 + i as u64);
+            let (a, other, b) = (
+                rand_vec(&mut r, m * k),
+                rand_vec(&mut r, m * k),
+                rand_vec(&mut r, k * n),
+            );
+            let Some(packed) = PackedLhs::new(m, k, &other, k, 1) else {
+                eprintln!("note: no AVX-512 here: matrices are never prepacked");
+                return;
+            };
+            // The kernel must read the packing (here of another matrix), not `a`.
+            let mut expected = vec![0.0; m * n];
+            reference::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                &other,
+                k,
+                1,
+                &b,
+                n,
+                1,
+                0.0,
+                &mut expected,
+                n,
+                1,
+            );
+            let mut c = vec![f32::NAN; m * n];
+            let (ks, ns) = (k as isize, n as isize);
+            let (ap, bp, cp) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+            let p = Some(&packed);
+            let e = Epilogue::default();
+            // SAFETY: every matrix is exactly its buffer.
+            unsafe { sgemm_raw(m, k, n, 1.0, ap, ks, 1, p, bp, ns, 1, 0.0, cp, ns, 1, e) };
+            assert_close(&c, &expected, 1e-5, &format!("prepacked {m}×{k}×{n}"));
+        }
     }
 
     #[test]

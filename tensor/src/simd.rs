@@ -10,16 +10,34 @@ use std::sync::OnceLock;
 pub fn avx2_fma() -> bool {
     static DETECTED: OnceLock<bool> = OnceLock::new();
     *DETECTED.get_or_init(|| {
-        if std::env::var_os("DEPTHSHRINK_NO_SIMD").is_some_and(|v| v != "0") {
-            return false;
-        }
         #[cfg(target_arch = "x86_64")]
         {
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+            enabled() && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
             false
         }
     })
+}
+
+/// True when AVX-512 F is available and not disabled by `DEPTHSHRINK_NO_SIMD`.
+pub fn avx512() -> bool {
+    static DETECTED: OnceLock<bool> = OnceLock::new();
+    *DETECTED.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            enabled() && is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+/// False when `DEPTHSHRINK_NO_SIMD` is set (to anything but 0).
+fn enabled() -> bool {
+    std::env::var_os("DEPTHSHRINK_NO_SIMD").is_none_or(|v| v == "0")
 }

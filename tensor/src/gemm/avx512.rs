@@ -1,0 +1,457 @@
+//! A single-threaded AVX-512 sgemm: BLIS-style blocking with packed panels and a 12×32
+//! register-blocked micro-kernel (24 zmm accumulators).
+//!
+//! C is addressed row-major (column stride 1; a column-major C is handled by computing Cᵀ = BᵀAᵀ),
+//! so each micro-tile row is two 16-float vectors of C and the kernel broadcasts one element of A
+//! per row. Loop order, outermost first: NC columns of B → KC of the inner dimension (B block
+//! packed into strips of NR columns) → MC rows of A (packed into strips of MR rows, alpha
+//! applied) → NR strip (stays in L1) → MR strip (streams from L2) → micro-kernel; for short
+//! inner blocks the last two swap. A is not packed when it comes prepacked ([`PackedLhs`]) or
+//! would be used only once. Edge tiles run the same kernel instantiated for fewer rows (one per
+//! count, so no work is wasted on padding) and masked stores for fewer columns. The epilogue
+//! (bias, ReLU6) is applied in the stores of the last inner block.
+
+use std::arch::x86_64::*;
+use std::cell::Cell;
+
+use super::{Epilogue, PackedLhs, TILE_COLS as NR, TILE_ROWS as MR};
+
+// Micro-tiles are MR = 12 rows × NR = 32 columns (two zmm vectors) of C: 24 accumulators, two
+// B vectors and a broadcast A element fill 27 of the 32 zmm registers.
+
+/// Inner-dimension block: a packed B strip (KC×NR) is 32 KiB, inside L1 with an A strip beside.
+const KC: usize = 256;
+/// Rows of A packed per block (120 KiB at KC), kept in L2.
+const MC: usize = 120;
+/// Columns of B packed per block (2 MiB at KC).
+const NC: usize = 2048;
+/// Inner blocks shorter than this are walked row strip by row strip (see `row_major`).
+const SHORT_KC: usize = 64;
+
+/// A cache line of floats: the pack buffers' unit, so every strip starts 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+thread_local! {
+    static PACK_A: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+    static PACK_B: Cell<Vec<Line>> = const { Cell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's reusable pack buffer of at least `floats` floats.
+fn with_buffer<R>(
+    key: &'static std::thread::LocalKey<Cell<Vec<Line>>>,
+    floats: usize,
+    f: impl FnOnce(*mut f32) -> R,
+) -> R {
+    let mut buf = key.take();
+    let lines = floats.div_ceil(16);
+    if buf.len() < lines {
+        buf.resize(lines, Line([0.0; 16]));
+    }
+    let r = f(buf.as_mut_ptr().cast::<f32>());
+    key.set(buf);
+    r
+}
+
+/// True when this CPU runs the kernels here (AVX-512 F, not disabled by `DEPTHSHRINK_NO_SIMD`).
+pub(super) fn available() -> bool {
+    crate::simd::avx512()
+}
+
+/// C = alpha·A·B + beta·C and the epilogue: the contract of [`super::sgemm_raw`] without its
+/// parallel split (`packed_a` holds A from the given row on). Returns false (and does nothing)
+/// when C has unit stride in neither direction, or only by columns with an epilogue to apply.
+///
+/// # Safety
+/// As [`super::sgemm_raw`], and [`available`] must be true.
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn sgemm(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Strided,
+    packed_a: Option<(&PackedLhs, usize)>,
+    b: Strided,
+    beta: f32,
+    c: *mut f32,
+    rsc: isize,
+    csc: isize,
+    epilogue: Epilogue,
+) -> bool {
+    // SAFETY (both calls): the caller's contract; AVX-512 F is present.
+    if csc == 1 {
+        unsafe { row_major(m, k, n, alpha, a, packed_a, b, beta, c, rsc, epilogue) };
+    } else if rsc == 1 && epilogue.is_noop() {
+        // Cᵀ (n×m, row-major) = Bᵀ·Aᵀ.
+        let t = |(p, rs, cs): Strided| (p, cs, rs);
+        unsafe { row_major(n, k, m, alpha, t(b), None, t(a), beta, c, csc, epilogue) };
+    } else {
+        return false;
+    }
+    true
+}
+
+/// A strided read-only matrix: pointer, row stride, column stride.
+pub(super) type Strided = (*const f32, isize, isize);
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_major(
+    m: usize,
+    k: usize,
+    n: usize,
+    alpha: f32,
+    a: Strided,
+    packed_a: Option<(&PackedLhs, usize)>,
+    b: Strided,
+    beta: f32,
+    c: *mut f32,
+    ldc: isize,
+    epilogue: Epilogue,
+) {
+    // A prepacked A (alpha 1) replaces packing when its row strips line up with this call's.
+    let packed = packed_a.filter(|&(p, r0)| {
+        alpha == 1.0
+            && p.k == k
+            && r0.is_multiple_of(MR)
+            && (r0 + m == p.m || m.is_multiple_of(MR) && r0 + m <= p.m)
+    });
+    // With a single column strip every element of A is used once per inner block: packing A
+    // would copy it for nothing, so a row-major A is read in place (weight gradients, C = dY·Xᵀ
+    // with few columns).
+    let direct_a = packed.is_none() && a.2 == 1 && alpha == 1.0 && n <= NR;
+    let kc_max = k.min(KC);
+    let a_floats = if direct_a || packed.is_some() {
+        0
+    } else {
+        kc_max * m.min(MC).next_multiple_of(MR)
+    };
+    with_buffer(&PACK_B, kc_max * n.min(NC).next_multiple_of(NR), |bp| {
+        with_buffer(&PACK_A, a_floats, |ap| {
+            for jc in (0..n).step_by(NC) {
+                let nc = NC.min(n - jc);
+                for pc in (0..k).step_by(KC) {
+                    let kc = KC.min(k - pc);
+                    // Later inner-dimension blocks accumulate onto the first one's result; the
+                    // last one applies the epilogue.
+                    let beta = if pc == 0 { beta } else { 1.0 };
+                    let epilogue = (pc + kc == k).then_some(epilogue);
+                    // SAFETY: (all below) the block lies inside B, A and C by the caller's
+                    // contract; the buffers hold kc_max·(nc, mc rounded up to whole strips);
+                    // a packed A holds `p.m` rows in blocks of KC columns (see `pack_lhs`).
+                    unsafe {
+                        let bsrc = b.0.offset(pc as isize * b.1 + jc as isize * b.2);
+                        pack_b(kc, nc, (bsrc, b.1, b.2), bp);
+                        for ic in (0..m).step_by(MC) {
+                            let mc = MC.min(m - ic);
+                            let asrc = a.0.offset(ic as isize * a.1 + pc as isize * a.2);
+                            let a_block = match packed {
+                                Some((p, r0)) => p.data.as_ptr().add(p.m * pc + (r0 + ic) * kc),
+                                None if direct_a => asrc,
+                                None => {
+                                    pack_a(mc, kc, alpha, (asrc, a.1, a.2), ap);
+                                    ap.cast_const()
+                                }
+                            };
+                            // Few inner steps per tile make the kernel store-bound: walk C
+                            // row strip by row strip so each row is written sequentially.
+                            // Otherwise the B strip stays in L1 while the A strips go by.
+                            let rows_first = kc < SHORT_KC;
+                            let (strips_n, strips_m) = (nc.div_ceil(NR), mc.div_ceil(MR));
+                            for t in 0..strips_n * strips_m {
+                                let (jr, ir) = if rows_first {
+                                    (t % strips_n * NR, t / strips_n * MR)
+                                } else {
+                                    (t / strips_m * NR, t % strips_m * MR)
+                                };
+                                let (rows, cols) = (MR.min(mc - ir), NR.min(nc - jr));
+                                let panel = if direct_a {
+                                    (a_block.offset(ir as isize * a.1), a.1)
+                                } else {
+                                    (a_block.add(ir * kc), 0)
+                                };
+                                let cp = c.offset((ic + ir) as isize * ldc + (jc + jr) as isize);
+                                let epi = epilogue.map(|e| e.rows_from(ic + ir));
+                                let bs = bp.add(jr * kc);
+                                tile(rows, cols, kc, panel, bs, beta, (cp, ldc), epi);
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    })
+}
+
+/// Packs all of the `m×k` matrix A the way `row_major` packs its blocks, into `m·k` floats at
+/// `dst`: KC-column blocks one after another (block `pc` at `m·pc`), each in MR-row strips.
+///
+/// # Safety
+/// A must lie inside its allocation; `dst` must be valid for `m·k` writes.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn pack_lhs(m: usize, k: usize, (a, rs, cs): Strided, dst: *mut f32) {
+    for pc in (0..k).step_by(KC) {
+        // SAFETY: block `pc` of A, into its `m·kc` floats of `dst`.
+        unsafe {
+            pack_a(
+                m,
+                KC.min(k - pc),
+                1.0,
+                (a.offset(pc as isize * cs), rs, cs),
+                dst.add(m * pc),
+            )
+        };
+    }
+}
+
+/// Packs the `kc×nc` block of B into strips of NR columns, each `kc` rows of NR contiguous
+/// floats, zero-padded past column `nc`.
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn pack_b(kc: usize, nc: usize, (b, rs, cs): Strided, dst: *mut f32) {
+    for j0 in (0..nc).step_by(NR) {
+        let cols = NR.min(nc - j0);
+        // SAFETY: reads stay inside the kc×nc block; writes inside strip j0 of `dst`, whose
+        // rows are 64-byte aligned.
+        unsafe {
+            let strip = dst.add(j0 * kc);
+            let src = b.offset(j0 as isize * cs);
+            if cs == 1 {
+                let lo = mask(cols);
+                let hi = mask(cols.saturating_sub(16));
+                for p in 0..kc {
+                    let row = src.offset(p as isize * rs);
+                    let out = strip.add(p * NR);
+                    _mm512_store_ps(out, _mm512_maskz_loadu_ps(lo, row));
+                    _mm512_store_ps(out.add(16), _mm512_maskz_loadu_ps(hi, row.add(16)));
+                }
+            } else if rs == 1 {
+                // Bᵀ is row-major: transpose 16×16 blocks (16 columns × 16 rows of B) in registers.
+                for half in 0..NR / 16 {
+                    let n = cols.saturating_sub(16 * half).min(16);
+                    let col = src.offset((16 * half) as isize * cs);
+                    for p0 in (0..kc).step_by(16) {
+                        let q = 16.min(kc - p0);
+                        let block = load_block(col.add(p0), cs, n, q);
+                        for (t, v) in transpose16(block).iter().take(q).enumerate() {
+                            _mm512_store_ps(strip.add((p0 + t) * NR + 16 * half), *v);
+                        }
+                    }
+                }
+            } else {
+                for p in 0..kc {
+                    for j in 0..NR {
+                        *strip.add(p * NR + j) = if j < cols {
+                            *src.offset(p as isize * rs + j as isize * cs)
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs the `mc×kc` block of A, times alpha, into strips of MR rows, each `kc` columns of
+/// `rows` contiguous floats (a last strip of fewer rows is packed just as narrow).
+#[target_feature(enable = "avx512f")]
+#[inline(never)]
+unsafe fn pack_a(mc: usize, kc: usize, alpha: f32, (a, rs, cs): Strided, dst: *mut f32) {
+    let valpha = _mm512_set1_ps(alpha);
+    for i0 in (0..mc).step_by(MR) {
+        let rows = MR.min(mc - i0);
+        let k = mask(rows);
+        // SAFETY: reads inside the mc×kc block; writes the `rows·kc` floats of strip i0.
+        unsafe {
+            let strip = dst.add(i0 * kc);
+            let src = a.offset(i0 as isize * rs);
+            if rs == 1 {
+                // Column-major A: each column of the strip is already contiguous.
+                for p in 0..kc {
+                    let v = _mm512_maskz_loadu_ps(k, src.offset(p as isize * cs));
+                    _mm512_mask_storeu_ps(strip.add(p * rows), k, _mm512_mul_ps(valpha, v));
+                }
+            } else if cs == 1 {
+                // Row-major A: transpose 16-column blocks of the strip's rows in registers.
+                for p0 in (0..kc).step_by(16) {
+                    let q = 16.min(kc - p0);
+                    let block = load_block(src.add(p0), rs, rows, q);
+                    for (t, v) in transpose16(block).iter().take(q).enumerate() {
+                        let out = strip.add((p0 + t) * rows);
+                        _mm512_mask_storeu_ps(out, k, _mm512_mul_ps(valpha, *v));
+                    }
+                }
+            } else {
+                for i in 0..rows {
+                    for p in 0..kc {
+                        *strip.add(p * rows + i) =
+                            alpha * *src.offset(i as isize * rs + p as isize * cs);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Loads `lines` (≤ 16) lines of `len` (≤ 16) contiguous floats, `stride` apart, as the rows
+/// of a 16×16 block; the rest of the block is zero.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load_block(src: *const f32, stride: isize, lines: usize, len: usize) -> [__m512; 16] {
+    let k = mask(len);
+    let mut block = [_mm512_setzero_ps(); 16];
+    for (i, v) in block.iter_mut().take(lines).enumerate() {
+        // SAFETY: the caller's lines lie inside its matrix.
+        *v = unsafe { _mm512_maskz_loadu_ps(k, src.offset(i as isize * stride)) };
+    }
+    block
+}
+
+/// Transposes a 16×16 block held as 16 row vectors: 2×2 float pairs, then 4×4 via 64-bit
+/// pairs, then the 128-bit lanes in two rounds (64 shuffles for 256 floats).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in (0..16).step_by(2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    let (lo, hi) = (
+        |a: __m512, b: __m512| {
+            _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+        },
+        |a: __m512, b: __m512| {
+            _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(b)))
+        },
+    );
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in (0..16).step_by(4) {
+        u[i] = lo(t[i], t[i + 2]);
+        u[i + 1] = hi(t[i], t[i + 2]);
+        u[i + 2] = lo(t[i + 1], t[i + 3]);
+        u[i + 3] = hi(t[i + 1], t[i + 3]);
+    }
+    // u[4g + j] holds columns j, j+4, j+8 and j+12 of rows 4g..4g+4, one 128-bit lane each.
+    for g in (0..16).step_by(8) {
+        for j in 0..4 {
+            t[g + j] = _mm512_shuffle_f32x4::<0x88>(u[g + j], u[g + j + 4]);
+            t[g + j + 4] = _mm512_shuffle_f32x4::<0xdd>(u[g + j], u[g + j + 4]);
+        }
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for j in 0..8 {
+        out[j] = _mm512_shuffle_f32x4::<0x88>(t[j], t[j + 8]);
+        out[j + 8] = _mm512_shuffle_f32x4::<0xdd>(t[j], t[j + 8]);
+    }
+    out
+}
+
+/// Lane mask for the first `n` (≤ 16 counts as all) lanes.
+fn mask(n: usize) -> __mmask16 {
+    if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
+}
+
+/// One micro-tile: dispatches on the number of rows so each count has its own fully unrolled
+/// kernel, and on the columns so a tile of ≤ 16 runs one vector per row.
+///
+/// # Safety
+/// `a` is `(pointer, 0)` to `rows×kc` packed floats or `(pointer, row stride)` to the unpacked
+/// `rows×kc` block of a row-major A; `bp` is a packed `kc×NR` strip, C the `rows×cols` tile
+/// (pointer, row stride), `epi` the epilogue of its rows if this is the last inner block.
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn tile(
+    rows: usize,
+    cols: usize,
+    kc: usize,
+    (ap, lda): (*const f32, isize),
+    bp: *const f32,
+    beta: f32,
+    c: (*mut f32, isize),
+    epi: Option<Epilogue>,
+) {
+    let epi = epi.filter(|e| !e.is_noop());
+    macro_rules! dispatch {
+        ($($r:literal)*) => {
+            match (rows, cols > 16, lda != 0) {
+                $(
+                    ($r, true, false) => micro::<$r, 2, false>(kc, ap, 0, bp, beta, c, cols, epi),
+                    ($r, false, false) => micro::<$r, 1, false>(kc, ap, 0, bp, beta, c, cols, epi),
+                    ($r, true, true) => micro::<$r, 2, true>(kc, ap, lda, bp, beta, c, cols, epi),
+                    ($r, false, true) => micro::<$r, 1, true>(kc, ap, lda, bp, beta, c, cols, epi),
+                )*
+                _ => unreachable!("micro-tile of {rows} rows"),
+            }
+        };
+    }
+    // SAFETY: forwarded.
+    unsafe { dispatch!(1 2 3 4 5 6 7 8 9 10 11 12) }
+}
+
+/// The register-blocked kernel: `R` rows × `V` vectors of C accumulated over `kc` steps, then
+/// C = epi(acc + beta·C) (C not read when beta == 0), columns past `cols` left untouched. A is
+/// packed, or read in place with row stride `lda` when `DIRECT`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn micro<const R: usize, const V: usize, const DIRECT: bool>(
+    kc: usize,
+    ap: *const f32,
+    lda: isize,
+    bp: *const f32,
+    beta: f32,
+    (c, ldc): (*mut f32, isize),
+    cols: usize,
+    epi: Option<Epilogue>,
+) {
+    // SAFETY: the caller's contract (see `tile`); the packed B strip is 64-byte aligned.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); V]; R];
+        let (mut ap, mut bp) = (ap, bp);
+        for _ in 0..kc {
+            let mut bv = [_mm512_setzero_ps(); V];
+            for (v, b) in bv.iter_mut().enumerate() {
+                *b = _mm512_load_ps(bp.add(16 * v));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = _mm512_set1_ps(if DIRECT {
+                    *ap.offset(i as isize * lda)
+                } else {
+                    *ap.add(i)
+                });
+                for (acc, b) in row.iter_mut().zip(&bv) {
+                    *acc = _mm512_fmadd_ps(a, *b, *acc);
+                }
+            }
+            ap = ap.add(if DIRECT { 1 } else { R });
+            bp = bp.add(NR);
+        }
+        let masks = [mask(cols), mask(cols.saturating_sub(16))];
+        let vbeta = _mm512_set1_ps(beta);
+        for (i, row) in acc.iter().enumerate() {
+            let crow = c.offset(i as isize * ldc);
+            let clamp = epi.map(|e| {
+                let (b, lo, hi) = e.row(i);
+                (_mm512_set1_ps(b), _mm512_set1_ps(lo), _mm512_set1_ps(hi))
+            });
+            for (v, acc) in row.iter().enumerate() {
+                let (p, k) = (crow.add(16 * v), masks[v]);
+                let mut out = if beta == 0.0 {
+                    *acc
+                } else {
+                    _mm512_fmadd_ps(vbeta, _mm512_maskz_loadu_ps(k, p), *acc)
+                };
+                if let Some((b, lo, hi)) = clamp {
+                    // max/min return their second operand when one is NaN: v goes second so a
+                    // NaN propagates, as `f32::clamp` does.
+                    out = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(out, b)));
+                }
+                _mm512_mask_storeu_ps(p, k, out);
+            }
+        }
+    }
+}
