@@ -170,26 +170,31 @@ pub fn conv2d_act(
     p: ConvParams,
     relu6: bool,
 ) -> Result<Tensor> {
-    const OP: &str = "conv2d";
-    let g = ConvGeom::new(OP, x.nchw(OP)?, w.shape(), p)?;
+    forward_tensor("conv2d", x, (w, None), bias, p, relu6)
+}
+
+/// The shape checks and output allocation of [`conv2d_act`] and [`conv2d_act_packed`].
+fn forward_tensor(
+    op: &'static str,
+    x: &Tensor,
+    (w, packs): (&Tensor, Option<&[PackedLhs]>),
+    bias: Option<&Tensor>,
+    p: ConvParams,
+    relu6: bool,
+) -> Result<Tensor> {
+    let g = ConvGeom::new(op, x.nchw(op)?, w.shape(), p)?;
     if let Some(b) = bias
         && b.shape() != [g.cout]
     {
         return Err(TensorError::shape(
-            OP,
+            op,
             format!("bias {:?} for {} output channels", b.shape(), g.cout),
         ));
     }
     let out = g.output_shape();
+    let wp = (w.data(), packs);
     let y = output_vec(out.iter().product(), |y| {
-        forward_uninit(
-            x.data(),
-            (w.data(), None),
-            bias.map(Tensor::data),
-            relu6,
-            y,
-            &g,
-        )
+        forward_uninit(x.data(), wp, bias.map(Tensor::data), relu6, y, &g)
     });
     Tensor::from_vec(&out, y)
 }
@@ -226,11 +231,6 @@ impl PackedWeight {
         })
     }
 
-    /// The weight this packs.
-    pub fn weight(&self) -> &Tensor {
-        &self.weight
-    }
-
     /// True when this is a packing of `w` with `groups`: same storage, so `w` cannot have been
     /// written since (a write would have copied it).
     pub fn packs(&self, w: &Tensor, groups: usize) -> bool {
@@ -256,21 +256,8 @@ pub fn conv2d_act_packed(
             ),
         ));
     }
-    let g = ConvGeom::new(OP, x.nchw(OP)?, w.weight.shape(), p)?;
-    if let Some(b) = bias
-        && b.shape() != [g.cout]
-    {
-        return Err(TensorError::shape(
-            OP,
-            format!("bias {:?} for {} output channels", b.shape(), g.cout),
-        ));
-    }
-    let out = g.output_shape();
-    let wp = (w.weight.data(), Some(w.packs.as_slice()));
-    let y = output_vec(out.iter().product(), |y| {
-        forward_uninit(x.data(), wp, bias.map(Tensor::data), relu6, y, &g)
-    });
-    Tensor::from_vec(&out, y)
+    let packs = Some(w.packs.as_slice());
+    forward_tensor(OP, x, (&w.weight, packs), bias, p, relu6)
 }
 
 /// Gradient of [`conv2d`] with respect to its input of shape `x_shape`.
