@@ -12,7 +12,7 @@ import argparse
 import json
 import statistics
 
-MEASURED = {"ms", "gflops", "images_per_s", "ms_per_batch", "peak_rss_mb"}
+MEASURED = {"ms", "gflops", "gbps", "images_per_s", "ms_per_batch", "peak_rss_mb"}
 # Fields that say who measured, not what: ignored when matching rows.
 NOT_MATCHED = MEASURED | {"engine"}
 

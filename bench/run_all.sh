@@ -21,6 +21,8 @@ for op in sgemm conv1x1 depthwise conv; do
   "$PY" bench/pytorch_kernels.py --threads "$T" --only "$op" >> "$OUT/kernels-torch.jsonl"
   "$B" --threads "$T" bench kernels --json --only "$op" >> "$OUT/kernels-rust.jsonl"
 done
+# Memory-copy bandwidth, the yardstick of the depthwise GB/s (ours only).
+"$B" --threads "$T" bench kernels --json --only copy >> "$OUT/kernels-rust.jsonl"
 python3 bench/compare.py "$OUT/kernels-rust.jsonl" "$OUT/kernels-torch.jsonl" > "$OUT/kernels.md"
 fi
 

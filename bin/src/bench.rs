@@ -20,6 +20,7 @@ use depthshrink_tensor::conv::{self, ConvParams};
 use depthshrink_tensor::{Tensor, gemm};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::json;
 
@@ -89,7 +90,7 @@ pub struct KernelArgs {
     /// Timed runs per case (the median is reported); at least 7 for published figures.
     #[arg(long, default_value_t = 7, value_name = "N")]
     runs: usize,
-    /// Only the cases of this op (sgemm, conv1x1, depthwise or conv).
+    /// Only the cases of this op (sgemm, copy, conv1x1, depthwise or conv).
     #[arg(long, value_name = "OP")]
     only: Option<String>,
 }
@@ -140,7 +141,13 @@ struct KernelRecord {
     k: usize,
     stride: usize,
     ms: f64,
-    gflops: f64,
+    /// Not for `copy`, which does no arithmetic.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gflops: Option<f64>,
+    /// Bytes read and written per second (GB/s), for the memory-bound cases: `copy` and
+    /// `depthwise` (input read and output written once, the least any kernel can move).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gbps: Option<f64>,
 }
 
 /// A convolution case: `op` names the kernel family the dispatch picks for it.
@@ -242,9 +249,21 @@ fn kernels(args: &KernelArgs) -> Result<(), String> {
         if args.json {
             println!("{}", serde_json::to_string(&r).expect("record serialises"));
         } else {
+            let rate =
+                |v: Option<f64>, unit| v.map_or(String::new(), |v| format!("  {v:>7.1} {unit}"));
             println!(
-                "{:<10} {:<16} n={:<3} {:>4}→{:<4} {:>4}² k={} s={}  {:>9.2} ms  {:>7.1} GFLOP/s",
-                r.op, r.pass, r.n, r.cin, r.cout, r.h, r.k, r.stride, r.ms, r.gflops
+                "{:<10} {:<16} n={:<3} {:>4}→{:<4} {:>4}² k={} s={}  {:>9.2} ms{}{}",
+                r.op,
+                r.pass,
+                r.n,
+                r.cin,
+                r.cout,
+                r.h,
+                r.k,
+                r.stride,
+                r.ms,
+                rate(r.gflops, "GFLOP/s"),
+                rate(r.gbps, "GB/s"),
             );
         }
         records.push(r);
@@ -286,7 +305,36 @@ fn kernels(args: &KernelArgs) -> Result<(), String> {
             k: 1,
             stride: 1,
             ms,
-            gflops,
+            gflops: Some(gflops),
+            gbps: None,
+        });
+    }
+
+    if wanted("copy") {
+        // The yardstick of the memory-bound depthwise kernels: their input, copied across the
+        // pool into a buffer written before (no page faults), as a tuned memcpy would.
+        let (n, c, hw) = (32, 144, 56);
+        let x = random_tensor(&mut rng, &[n, c, hw, hw]);
+        let mut dst = vec![0f32; x.numel()];
+        let chunk = x.numel().div_ceil(4 * rayon::current_num_threads());
+        let ms = median_ms(args.runs, || {
+            dst.par_chunks_mut(chunk)
+                .zip(x.data().par_chunks(chunk))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+        });
+        emit(KernelRecord {
+            op: "copy",
+            pass: "forward",
+            n,
+            cin: c,
+            cout: c,
+            h: hw,
+            w: hw,
+            k: 1,
+            stride: 1,
+            ms,
+            gflops: None,
+            gbps: Some(8.0 * x.numel() as f64 / (ms * 1e6)),
         });
     }
 
@@ -300,6 +348,7 @@ fn kernels(args: &KernelArgs) -> Result<(), String> {
         let [n, _, oh, ow] = y.nchw("bench").map_err(|e| e.to_string())?;
         let macs = (n * case.cout * oh * ow * (case.cin / groups) * case.k * case.k) as f64;
         let x_shape = [case.n, case.cin, case.hw, case.hw];
+        let moved = 4.0 * (x.numel() + y.numel()) as f64;
         let passes: [Pass<'_>; 3] = [
             ("forward", Box::new(|| drop(conv::conv2d(&x, &w, None, p)))),
             (
@@ -324,7 +373,8 @@ fn kernels(args: &KernelArgs) -> Result<(), String> {
                 k: case.k,
                 stride: case.stride,
                 ms,
-                gflops: 2.0 * macs / (ms * 1e6),
+                gflops: Some(2.0 * macs / (ms * 1e6)),
+                gbps: (case.op == "depthwise").then(|| moved / (ms * 1e6)),
             });
         }
     }

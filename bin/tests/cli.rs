@@ -265,3 +265,23 @@ fn flops_of_the_official_configs_match_the_paper_table() {
         );
     }
 }
+
+#[test]
+fn kernel_benchmark_prints_one_json_record_per_case() {
+    let out = depthshrink(&[
+        "bench", "kernels", "--only", "copy", "--runs", "1", "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let r: Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(
+        (r["op"].as_str(), r["n"].as_u64()),
+        (Some("copy"), Some(32))
+    );
+    // A copy moves bytes and does no arithmetic: a bandwidth, no FLOP rate.
+    assert!(r["gbps"].as_f64().unwrap() > 0.0 && r["ms"].as_f64().unwrap() > 0.0);
+    assert!(r.get("gflops").is_none(), "{r}");
+    fails_with(&["bench", "kernels", "--only", "gemm"], "--only \"gemm\"");
+}

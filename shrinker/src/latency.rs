@@ -63,39 +63,18 @@ impl LatencyTable {
     }
 }
 
-/// Warm-up, then the median of `runs` timings of `f`, in milliseconds.
-pub fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut times = Vec::with_capacity(runs.max(1));
-    for _ in 0..runs.max(1) {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
-}
-
-/// Median forward time (ms) of each network in evaluation mode (BN folded) on one batch of
-/// `batch` × 3 × `res`², the runs interleaved so that load changes hit every network alike.
-pub fn compare_networks(
-    nets: &[&MobileNet],
-    res: usize,
-    batch: usize,
+/// Median time (ms) of each of `fs` over `runs` rounds after one warm-up round, the calls
+/// interleaved within each round so that a change of load on a shared machine hits all alike
+/// (measured one after the other, two identical blocks once timed 3.4 and 10.3 ms).
+pub fn interleaved_medians(
     runs: usize,
+    fs: &mut [&mut dyn FnMut() -> Result<()>],
 ) -> Result<Vec<f64>> {
-    let mut fast = nets
-        .iter()
-        .map(|n| n.for_inference())
-        .collect::<Result<Vec<_>>>()?;
-    let x = input(&[batch, 3, res, res])?;
-    let ctx = Ctx::eval();
-    let mut times = vec![Vec::with_capacity(runs); fast.len()];
+    let mut times = vec![Vec::with_capacity(runs.max(1)); fs.len()];
     for round in 0..=runs.max(1) {
-        for (net, t) in fast.iter_mut().zip(&mut times) {
+        for (f, t) in fs.iter_mut().zip(&mut times) {
             let start = Instant::now();
-            net.forward(&x, &ctx)?;
-            // Round 0 warms up.
+            f()?;
             if round > 0 {
                 t.push(start.elapsed().as_secs_f64() * 1e3);
             }
@@ -108,6 +87,27 @@ pub fn compare_networks(
             t[t.len() / 2]
         })
         .collect())
+}
+
+/// Median forward time (ms) of each network in evaluation mode (BN folded) on one batch of
+/// `batch` × 3 × `res`², the runs interleaved.
+pub fn compare_networks(
+    nets: &[&MobileNet],
+    res: usize,
+    batch: usize,
+    runs: usize,
+) -> Result<Vec<f64>> {
+    let mut fast = nets
+        .iter()
+        .map(|n| n.for_inference())
+        .collect::<Result<Vec<_>>>()?;
+    let (x, ctx) = (input(&[batch, 3, res, res])?, Ctx::eval());
+    let mut fs: Vec<_> = fast
+        .iter_mut()
+        .map(|net| || net.forward(&x, &ctx).map(drop))
+        .collect();
+    let mut fs: Vec<&mut dyn FnMut() -> Result<()>> = fs.iter_mut().map(|f| f as _).collect();
+    interleaved_medians(runs, &mut fs)
 }
 
 fn input(shape: &[usize]) -> Result<Var> {
@@ -137,12 +137,19 @@ pub fn measure(
     for (i, (block, lin)) in fast.blocks.iter_mut().zip(&linear.blocks).enumerate() {
         let s = net.spec.blocks[i];
         let x = input(&[batch, s.cin, size, size])?;
-        let unmerged_ms = median_ms(runs, || block.forward(&x, &ctx).map(drop))?;
         let Block::Ir(lin) = lin else {
             unreachable!("a fresh network has no merged blocks")
         };
-        let mut merged = Block::Merged(merge_block(lin)?);
-        let merged_ms = median_ms(runs, || merged.forward(&x, &ctx).map(drop))?;
+        let mut merged = merge_block(lin)?;
+        merged.conv.prepack();
+        let mut merged = Block::Merged(merged);
+        let t = interleaved_medians(
+            runs,
+            &mut [&mut || block.forward(&x, &ctx).map(drop), &mut || {
+                merged.forward(&x, &ctx).map(drop)
+            }],
+        )?;
+        let (unmerged_ms, merged_ms) = (t[0], t[1]);
         blocks.push(BlockLatency {
             index: i + 1,
             cin: s.cin,
@@ -157,9 +164,14 @@ pub fn measure(
         progress(i + 1, total);
     }
     let x = input(&[batch, 3, res, res])?;
-    let network_ms = median_ms(runs, || fast.forward(&x, &ctx).map(drop))?;
     let mut all_merged = merge_network(&linear, &vec![true; total])?.for_inference()?;
-    let merged_network_ms = median_ms(runs, || all_merged.forward(&x, &ctx).map(drop))?;
+    let t = interleaved_medians(
+        runs,
+        &mut [&mut || fast.forward(&x, &ctx).map(drop), &mut || {
+            all_merged.forward(&x, &ctx).map(drop)
+        }],
+    )?;
+    let (network_ms, merged_network_ms) = (t[0], t[1]);
     Ok(LatencyTable {
         arch: arch.clone(),
         res,
