@@ -136,7 +136,8 @@ fn bench_gemm(rng: &mut StdRng, filter: &str) {
     }
 }
 
-/// The backends (and `sgemm`, which is this crate's AVX-512 kernel where the CPU has one) in one process, alternating run by run so that load drifts hit both alike:
+/// The backend crates and `sgemm` (this crate's AVX-512 kernel where the CPU has one) in one
+/// process, alternating run by run so that load drifts hit them all alike:
 /// per shape, the median over 9 alternations of each backend's per-call time.
 #[cfg(feature = "matrixmultiply")]
 fn bench_gemm_ab(rng: &mut StdRng, filter: &str) {

@@ -243,13 +243,9 @@ pub(crate) unsafe fn sgemm_raw(
                 k,
                 n,
                 alpha,
-                a.get(),
-                rsa,
-                csa,
+                (a.get(), rsa, csa),
                 packed_a.map(|p| (p, 0)),
-                b.get(),
-                rsb,
-                csb,
+                (b.get(), rsb, csb),
                 beta,
                 c.get(),
                 rsc,
@@ -271,13 +267,9 @@ pub(crate) unsafe fn sgemm_raw(
                     k,
                     size,
                     alpha,
-                    a.get(),
-                    rsa,
-                    csa,
+                    (a.get(), rsa, csa),
                     packed_a.map(|p| (p, 0)),
-                    b.get().offset(bo),
-                    rsb,
-                    csb,
+                    (b.get().offset(bo), rsb, csb),
                     beta,
                     c.get().offset(co),
                     rsc,
@@ -291,13 +283,9 @@ pub(crate) unsafe fn sgemm_raw(
                     k,
                     n,
                     alpha,
-                    a.get().offset(ao),
-                    rsa,
-                    csa,
+                    (a.get().offset(ao), rsa, csa),
                     packed_a.map(|p| (p, start)),
-                    b.get(),
-                    rsb,
-                    csb,
+                    (b.get(), rsb, csb),
                     beta,
                     c.get().offset(co),
                     rsc,
@@ -308,6 +296,9 @@ pub(crate) unsafe fn sgemm_raw(
         }
     });
 }
+
+/// A strided read-only matrix: pointer, row stride, column stride.
+type Strided = (*const f32, isize, isize);
 
 /// A raw output pointer handed to parallel tasks that write disjoint elements through it.
 #[derive(Clone, Copy)]
@@ -376,13 +367,9 @@ unsafe fn kernel(
     k: usize,
     n: usize,
     alpha: f32,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
+    a: Strided,
     packed_a: Option<(&PackedLhs, usize)>,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
+    b: Strided,
     beta: f32,
     c: *mut f32,
     rsc: isize,
@@ -393,26 +380,12 @@ unsafe fn kernel(
     // available.
     #[cfg(target_arch = "x86_64")]
     if avx512::available()
-        && unsafe {
-            avx512::sgemm(
-                m,
-                k,
-                n,
-                alpha,
-                (a, rsa, csa),
-                packed_a,
-                (b, rsb, csb),
-                beta,
-                c,
-                rsc,
-                csc,
-                epilogue,
-            )
-        }
+        && unsafe { avx512::sgemm(m, k, n, alpha, a, packed_a, b, beta, c, rsc, csc, epilogue) }
     {
         return;
     }
     let _ = packed_a;
+    let ((a, rsa, csa), (b, rsb, csb)) = (a, b);
     unsafe {
         backend(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc);
         epilogue.apply(m, n, c, rsc);

@@ -14,7 +14,7 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::{Epilogue, PackedLhs, TILE_COLS as NR, TILE_ROWS as MR};
+use super::{Epilogue, PackedLhs, Strided, TILE_COLS as NR, TILE_ROWS as MR};
 
 // Micro-tiles are MR = 12 rows × NR = 32 columns (two zmm vectors) of C: 24 accumulators, two
 // B vectors and a broadcast A element fill 27 of the 32 zmm registers.
@@ -92,9 +92,6 @@ pub(super) unsafe fn sgemm(
     }
     true
 }
-
-/// A strided read-only matrix: pointer, row stride, column stride.
-pub(super) type Strided = (*const f32, isize, isize);
 
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
