@@ -7,7 +7,7 @@ use crate::{Backward, Var};
 
 /// Normalises with the batch statistics and updates the running statistics in place. With
 /// `opts.relu6` the output is clamped to [0, 6] in the same pass (BN followed by ReLU6, fused):
-/// the backward then reads its mask from the output, so the BN's own output is never stored.
+/// the backward recomputes the clamp's mask from x, so the BN's own output is never stored.
 pub fn batch_norm_train(
     x: &Var,
     gamma: &Var,
@@ -24,13 +24,11 @@ pub fn batch_norm_train(
         running_var,
         opts,
     )?;
-    let relu6_output = opts.relu6.then(|| y.clone());
     Ok(Var::from_op(y, &[x, gamma, beta], || {
         BatchNormTrainBackward {
             x: x.value().clone(),
             gamma: gamma.value().clone(),
             stats,
-            relu6_output,
         }
     }))
 }
@@ -39,18 +37,11 @@ struct BatchNormTrainBackward {
     x: Tensor,
     gamma: Tensor,
     stats: BatchStats,
-    relu6_output: Option<Tensor>,
 }
 
 impl Backward for BatchNormTrainBackward {
     fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
-        let g = batchnorm::backward_train(
-            dy,
-            &self.x,
-            &self.gamma,
-            &self.stats,
-            self.relu6_output.as_ref(),
-        )?;
+        let g = batchnorm::backward_train(dy, &self.x, &self.gamma, &self.stats)?;
         Ok(vec![Some(g.dx), Some(g.dgamma), Some(g.dbeta)])
     }
 }

@@ -6,8 +6,8 @@
 //! read from memory once) and merged per channel in f64 with the exact between/within-plane
 //! decomposition — numerically stable even when |mean| ≫ std. All passes are parallel over planes.
 
-use crate::elementwise::{build, write1, write3};
-use crate::reduce::{channel_dims, fold_channels, lane_sum, lane_sum3, per_plane};
+use crate::elementwise::{build, write1, write2};
+use crate::reduce::{channel_dims, fold_channels, lane_sum, lane_sum2, per_plane};
 use crate::{Result, Tensor, TensorError};
 
 /// `eps` inside the square root and the running-statistics `momentum`
@@ -46,6 +46,17 @@ fn out_range(relu6: bool) -> (f32, f32) {
 pub struct BatchStats {
     pub mean: Tensor,
     pub inv_std: Tensor,
+    /// With `relu6`: the per-channel scale and shift the output was computed with, so that the
+    /// backward recomputes the clamp's mask from x (bit for bit the mask of the output) instead
+    /// of reading the whole output again.
+    clamp: Option<Affine>,
+}
+
+/// A per-channel `x ↦ (x − mean)·scale + shift`, as [`normalize`] evaluates it.
+#[derive(Clone, Debug, PartialEq)]
+struct Affine {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
 }
 
 /// Gradients of a training-mode batch norm: `dx` shaped like x, `dgamma` and `dbeta` `[C]`.
@@ -208,6 +219,10 @@ pub fn forward_train(
     let stats = BatchStats {
         mean: Tensor::from_vec(&[c], mean)?,
         inv_std: Tensor::from_vec(&[c], to_f32(&inv_std))?,
+        clamp: opts.relu6.then(|| Affine {
+            scale,
+            shift: beta.data().to_vec(),
+        }),
     };
     Ok((Tensor::from_vec(x.shape(), y)?, stats))
 }
@@ -216,22 +231,18 @@ pub fn forward_train(
 /// `dx = γ·inv_std·(dy − mean(dy) − x̂·mean(dy·x̂))`, `dγ = Σ dy·x̂`, `dβ = Σ dy`, with
 /// `x̂ = (x − mean)·inv_std` from [`BatchStats`]. One pass for the per-channel sums, one for `dx`.
 ///
-/// `relu6_output` is the output of a forward pass with `relu6` set: `dy` then first goes back
-/// through the clamp (zero where the output is not strictly inside (0, 6), PyTorch's convention)
-/// inside the same two passes.
+/// When the forward pass had `relu6` set, `dy` first goes back through the clamp (zero where
+/// the output is not strictly inside (0, 6), PyTorch's convention) inside the same two passes;
+/// the mask is recomputed from x, which both passes read anyway.
 pub fn backward_train(
     dy: &Tensor,
     x: &Tensor,
     gamma: &Tensor,
     stats: &BatchStats,
-    relu6_output: Option<&Tensor>,
 ) -> Result<BnGrads> {
     const OP: &str = "batchnorm::backward_train";
     let [n, c, hw] = channel_dims(OP, x)?;
     x.expect_same_shape(OP, dy)?;
-    if let Some(y) = relu6_output {
-        x.expect_same_shape(OP, y)?;
-    }
     check_vector(OP, "gamma", gamma, c)?;
     check_vector(OP, "stats.mean", &stats.mean, c)?;
     check_vector(OP, "stats.inv_std", &stats.inv_std, c)?;
@@ -244,9 +255,9 @@ pub fn backward_train(
     }
 
     let (dyd, xd) = (dy.data(), x.data());
-    let (dx, dgamma, dbeta) = match relu6_output {
-        Some(y) => train_grads::<true>(dyd, y.data(), xd, gamma.data(), stats, [n, c, hw]),
-        None => train_grads::<false>(dyd, dyd, xd, gamma.data(), stats, [n, c, hw]),
+    let (dx, dgamma, dbeta) = match &stats.clamp {
+        Some(clamp) => train_grads::<true>(dyd, xd, gamma.data(), stats, Some(clamp), [n, c, hw]),
+        None => train_grads::<false>(dyd, xd, gamma.data(), stats, None, [n, c, hw]),
     };
     Ok(BnGrads {
         dx: Tensor::from_vec(x.shape(), dx)?,
@@ -255,36 +266,44 @@ pub fn backward_train(
     })
 }
 
-/// `dy` through the clamp when `RELU6` (zero unless `0 < y < 6`); otherwise `dy` untouched, so
+/// `dy` through the clamp when `RELU6`: zero unless `0 < (x − mean)·scale + shift < 6`, the
+/// output's value before the clamp, computed as [`normalize`] did. Otherwise `dy` untouched, so
 /// NaN and ∞ propagate.
 #[inline(always)]
-fn through_clamp<const RELU6: bool>(dy: f32, y: f32) -> f32 {
-    if !RELU6 || (0.0 < y && y < 6.0) {
+fn through_clamp<const RELU6: bool>(dy: f32, x: f32, (m, s, b): (f32, f32, f32)) -> f32 {
+    let pre = (x - m) * s + b;
+    if !RELU6 || (0.0 < pre && pre < 6.0) {
         dy
     } else {
         0.0
     }
 }
 
-/// The body of [`backward_train`] on checked slices: `(dx, dγ, dβ)`. `y` is only read when
-/// `RELU6` (callers without a clamp pass `dy` again).
+/// The body of [`backward_train`] on checked slices: `(dx, dγ, dβ)`; `clamp` is the stats' own
+/// (`Some` exactly when `RELU6`), so it holds one value per channel.
 fn train_grads<const RELU6: bool>(
     dyd: &[f32],
-    yd: &[f32],
     xd: &[f32],
     gamma: &[f32],
     stats: &BatchStats,
+    clamp: Option<&Affine>,
     [n, c, hw]: [usize; 3],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let grad = through_clamp::<RELU6>;
     let mean = stats.mean.data();
+    // The clamp's affine map for channel `ch` (unused without RELU6).
+    let affine = |ch: usize| match clamp {
+        Some(a) if RELU6 => (mean[ch], a.scale[ch], a.shift[ch]),
+        _ => (0.0, 0.0, 0.0),
+    };
+    let grad = through_clamp::<RELU6>;
     let parts = per_plane(n * c, hw, |p| {
-        let (r, m) = (p * hw..(p + 1) * hw, mean[p % c]);
-        let (g, y) = (&dyd[r.clone()], &yd[r.clone()]);
-        // Two passes over the plane; the second reads dy (and y) from cache.
+        let (r, ch) = (p * hw..(p + 1) * hw, p % c);
+        let (m, map) = (mean[ch], affine(ch));
+        let (g, x) = (&dyd[r.clone()], &xd[r]);
+        // Two passes over the plane; the second reads dy and x from cache.
         (
-            lane_sum3(g, y, g, |gv, yv, _| grad(gv, yv)),
-            lane_sum3(g, y, &xd[r], |gv, yv, xv| grad(gv, yv) * (xv - m)),
+            lane_sum2(g, x, |gv, xv| grad(gv, xv, map)),
+            lane_sum2(g, x, |gv, xv| grad(gv, xv, map) * (xv - m)),
         )
     });
     let sums = fold_channels(&parts, c, (0.0, 0.0), |(a, b), (u, v)| (a + u, b + v));
@@ -309,12 +328,11 @@ fn train_grads<const RELU6: bool>(
     let dx = build(xd.len(), hw, |p0, out| {
         let r = p0 * hw..p0 * hw + out.len();
         let planes = out.chunks_mut(hw).zip(dyd[r.clone()].chunks(hw));
-        let planes = planes.zip(yd[r.clone()].chunks(hw)).zip(xd[r].chunks(hw));
-        for (i, (((o, g), y), xp)) in planes.enumerate() {
+        for (i, ((o, g), xp)) in planes.zip(xd[r].chunks(hw)).enumerate() {
             let ch = (p0 + i) % c;
-            let ([k1, k2, k3], m) = (k[ch], mean[ch]);
-            write3(o, g, y, xp, |gv, yv, xv| {
-                grad(gv, yv) * k1 + (xv - m) * k2 + k3
+            let ([k1, k2, k3], m, map) = (k[ch], mean[ch], affine(ch));
+            write2(o, g, xp, |gv, xv| {
+                grad(gv, xv, map) * k1 + (xv - m) * k2 + k3
             });
         }
     });
@@ -476,11 +494,34 @@ mod tests {
         assert_close(rm.data(), &[2.2, 1.1], 1e-7, "running_mean after 2 steps");
 
         // dy = 1 everywhere: dβ = count, dγ = Σ x̂ = 0, dx = 0 (a constant shift is normalised away).
-        let g =
-            backward_train(&Tensor::full(&[2, 2, 1, 2], 1.0), &x, &gamma, &stats, None).unwrap();
+        let g = backward_train(&Tensor::full(&[2, 2, 1, 2], 1.0), &x, &gamma, &stats).unwrap();
         assert_eq!(g.dbeta.data(), &[4.0, 4.0]);
         assert!(g.dgamma.data().iter().all(|v| v.abs() < 1e-6));
         assert!(g.dx.data().iter().all(|v| v.abs() < 1e-6));
+    }
+
+    /// The ReLU6 mask the backward recomputes from x matches the output's, bounds included:
+    /// channel 0 lands exactly on 0 and 6 (no gradient, PyTorch's convention), channel 1 inside.
+    #[test]
+    fn relu6_mask_at_the_clamp_bounds() {
+        // eps = 0: x = ±1 has mean 0 and variance 1, so the output is γ·x + β exactly.
+        let x = t(
+            &[2, 2, 1, 2],
+            vec![-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0],
+        );
+        let (gamma, beta) = (t(&[2], vec![3.0, 1.0]), t(&[2], vec![3.0, 3.0]));
+        let (mut rm, mut rv) = (Tensor::zeros(&[2]), Tensor::full(&[2], 1.0));
+        let opts = BnOptions {
+            eps: 0.0,
+            relu6: true,
+            ..Default::default()
+        };
+        let (y, stats) = forward_train(&x, &gamma, &beta, &mut rm, &mut rv, opts).unwrap();
+        assert_eq!(y.data(), &[0.0, 6.0, 2.0, 4.0, 0.0, 6.0, 2.0, 4.0]);
+        let g = backward_train(&Tensor::full(&[2, 2, 1, 2], 1.0), &x, &gamma, &stats).unwrap();
+        assert_eq!(g.dbeta.data(), &[0.0, 4.0]);
+        assert_eq!(g.dgamma.data(), &[0.0, 0.0]);
+        assert_eq!(&g.dx.data()[..2], &[0.0, 0.0]);
     }
 
     /// Against PyTorch 2.15 CPU (float32): the constants below are pasted from this script.
@@ -508,7 +549,7 @@ mod tests {
         let mut rv = Tensor::full(&[3], 1.0);
         let (y, stats) =
             forward_train(&x, &gamma, &beta, &mut rm, &mut rv, BnOptions::default()).unwrap();
-        let g = backward_train(&dy, &x, &gamma, &stats, None).unwrap();
+        let g = backward_train(&dy, &x, &gamma, &stats).unwrap();
         assert_close(y.data(), &TORCH_Y, 1e-6, "y");
         assert_close(g.dx.data(), &TORCH_DX, 1e-5, "dx");
         assert_close(g.dgamma.data(), &TORCH_DGAMMA, 1e-6, "dgamma");
@@ -617,8 +658,8 @@ mod tests {
         assert_eq!(rv, Tensor::full(&[3], 1.0));
 
         let (_, stats) = forward_train(&x, &v3, &v3, &mut rm, &mut rv, opts).unwrap();
-        assert!(backward_train(&Tensor::zeros(&[2, 3, 2, 1]), &x, &v3, &stats, None).is_err());
-        assert!(backward_train(&x, &x, &Tensor::zeros(&[2]), &stats, None).is_err());
+        assert!(backward_train(&Tensor::zeros(&[2, 3, 2, 1]), &x, &v3, &stats).is_err());
+        assert!(backward_train(&x, &x, &Tensor::zeros(&[2]), &stats).is_err());
         assert!(forward_eval(&x, &v3, &v3, &rm, &Tensor::zeros(&[2]), 1e-5).is_err());
         assert!(backward_eval(&x, &v3, &v3, f32::NAN).is_err());
         assert!(fold_to_affine(&v3, &v3, &v3, &Tensor::zeros(&[1]), 1e-5).is_err());

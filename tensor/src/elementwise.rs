@@ -18,6 +18,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::reduce::{lane_sum2, par_sum};
+use crate::simd::{PREFETCH_AHEAD, prefetch};
 use crate::{Result, Tensor, TensorError};
 
 /// Elements per rayon task: 64 KiB of f32, large enough that scheduling costs vanish next to the
@@ -49,7 +50,7 @@ pub(crate) fn for_units<T: Send>(
 /// A fresh `len`-element vector filled through [`for_units`].
 ///
 /// Contract: `fill` writes every element of each run it is given. Every fill in this crate does
-/// so through [`write1`] / [`write2`] / [`write3`], which check that the run and their inputs have one length.
+/// so through [`write1`] / [`write2`], which check that the run and their inputs have one length.
 pub(crate) fn build(
     len: usize,
     unit: usize,
@@ -75,8 +76,11 @@ pub(crate) fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 #[inline]
 pub(crate) fn write1(out: &mut [MaybeUninit<f32>], a: &[f32], f: impl Fn(f32) -> f32) {
     assert_eq!(out.len(), a.len());
-    for (o, &x) in out.iter_mut().zip(a) {
-        o.write(f(x));
+    for (o, a) in out.chunks_mut(16).zip(a.chunks(16)) {
+        prefetch(a.as_ptr().wrapping_add(PREFETCH_AHEAD));
+        for (o, &x) in o.iter_mut().zip(a) {
+            o.write(f(x));
+        }
     }
 }
 
@@ -89,23 +93,13 @@ pub(crate) fn write2(
     f: impl Fn(f32, f32) -> f32,
 ) {
     assert!(out.len() == a.len() && out.len() == b.len());
-    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-        o.write(f(x, y));
-    }
-}
-
-/// `out[i] = f(a[i], b[i], c[i])`; panics (a kernel bug, not a user error) if the lengths differ.
-#[inline]
-pub(crate) fn write3(
-    out: &mut [MaybeUninit<f32>],
-    a: &[f32],
-    b: &[f32],
-    c: &[f32],
-    f: impl Fn(f32, f32, f32) -> f32,
-) {
-    assert!(out.len() == a.len() && out.len() == b.len() && out.len() == c.len());
-    for (((o, &x), &y), &z) in out.iter_mut().zip(a).zip(b).zip(c) {
-        o.write(f(x, y, z));
+    for ((o, a), b) in out.chunks_mut(16).zip(a.chunks(16)).zip(b.chunks(16)) {
+        for s in [a, b] {
+            prefetch(s.as_ptr().wrapping_add(PREFETCH_AHEAD));
+        }
+        for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
+            o.write(f(x, y));
+        }
     }
 }
 

@@ -392,11 +392,11 @@ unsafe fn kernel(
     }
 }
 
-/// The backend crate's single-threaded product on raw pointers.
+/// The backend crate's single-threaded product on raw pointers: `matrixmultiply` under the
+/// feature of that name, else the `gemm` crate.
 ///
 /// # Safety
 /// As [`kernel`].
-#[cfg(feature = "matrixmultiply")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn backend(
     m: usize,
@@ -416,34 +416,14 @@ unsafe fn backend(
 ) {
     // SAFETY: forwarded from the caller's contract; built without the `threading` feature, so
     // this never spawns threads of its own.
-    unsafe { matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc) }
-}
-
-/// The backend crate's single-threaded product on raw pointers.
-///
-/// # Safety
-/// As [`kernel`].
-#[cfg(not(feature = "matrixmultiply"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn backend(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: *const f32,
-    rsa: isize,
-    csa: isize,
-    b: *const f32,
-    rsb: isize,
-    csb: isize,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-) {
+    #[cfg(feature = "matrixmultiply")]
+    unsafe {
+        matrixmultiply::sgemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
+    }
     // SAFETY: forwarded from the caller's contract. The `gemm` crate computes
     // dst = alpha·dst + beta·lhs·rhs, so the two scalars swap roles; `read_dst = false` keeps
     // beta == 0 from reading C.
+    #[cfg(not(feature = "matrixmultiply"))]
     unsafe {
         gemm::gemm(
             m,
