@@ -15,10 +15,10 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::depthwise;
 use crate::elementwise::as_uninit;
 use crate::gemm::{Epilogue, PackedLhs, SendPtr, extent, sgemm, sgemm_raw};
 use crate::{Result, Tensor, TensorError};
+use crate::{depthwise, simd};
 
 /// Stride, zero padding (same on all four sides) and groups of a square-kernel convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -572,7 +572,7 @@ impl Block<'_> {
 
 /// Whether an output of `len` floats is written with non-temporal stores.
 fn streams(len: usize) -> bool {
-    len >= STREAM_MIN && crate::simd::avx2_fma()
+    len >= STREAM_MIN && simd::avx2_fma()
 }
 
 /// `dst[i] = clamp(src[i] + bias, lo, hi)`, with non-temporal stores where available.
@@ -581,7 +581,7 @@ fn streams(len: usize) -> bool {
 /// `dst` must be valid for `src.len()` writes that no other thread accesses meanwhile.
 unsafe fn stream_store(src: &[f32], (bias, lo, hi): (f32, f32, f32), dst: *mut f32) {
     #[cfg(target_arch = "x86_64")]
-    if crate::simd::avx2_fma() {
+    if simd::avx2_fma() {
         // SAFETY: AVX is present; the caller's contract covers `dst`.
         return unsafe { stream_store_avx(src, (bias, lo, hi), dst) };
     }
@@ -623,18 +623,11 @@ unsafe fn stream_store_avx(src: &[f32], (bias, lo, hi): (f32, f32, f32), dst: *m
 /// sweep per row. GEMM packing reads a tile one narrow panel at a time across all of its rows:
 /// straight from DRAM that pattern defeats the hardware prefetchers when rows are many.
 fn prefetch(m: &[f32], rows: usize, len: usize, ld: usize) {
-    #[cfg(target_arch = "x86_64")]
     for r in 0..rows {
-        for line in m[r * ld..][..len].chunks(16) {
-            // SAFETY: a prefetch never faults, and the address is inside `m` anyway.
-            unsafe {
-                use std::arch::x86_64::{_MM_HINT_T1, _mm_prefetch};
-                _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast());
-            }
+        for line in m[r * ld..][..len].chunks(simd::LINE_FLOATS) {
+            simd::prefetch_line::<false>(line.as_ptr());
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (m, rows, len, ld);
 }
 
 /// Orders this thread's streaming stores before whatever signals the task's completion.

@@ -18,7 +18,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::reduce::{lane_sum2, par_sum};
-use crate::simd::{PREFETCH_AHEAD, prefetch};
+use crate::simd::{LINE_FLOATS, prefetch_ahead};
 use crate::{Result, Tensor, TensorError};
 
 /// Elements per rayon task: 64 KiB of f32, large enough that scheduling costs vanish next to the
@@ -76,8 +76,8 @@ pub(crate) fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
 #[inline]
 pub(crate) fn write1(out: &mut [MaybeUninit<f32>], a: &[f32], f: impl Fn(f32) -> f32) {
     assert_eq!(out.len(), a.len());
-    for (o, a) in out.chunks_mut(16).zip(a.chunks(16)) {
-        prefetch(a.as_ptr().wrapping_add(PREFETCH_AHEAD));
+    for (o, a) in out.chunks_mut(LINE_FLOATS).zip(a.chunks(LINE_FLOATS)) {
+        prefetch_ahead(&[a]);
         for (o, &x) in o.iter_mut().zip(a) {
             o.write(f(x));
         }
@@ -93,10 +93,9 @@ pub(crate) fn write2(
     f: impl Fn(f32, f32) -> f32,
 ) {
     assert!(out.len() == a.len() && out.len() == b.len());
-    for ((o, a), b) in out.chunks_mut(16).zip(a.chunks(16)).zip(b.chunks(16)) {
-        for s in [a, b] {
-            prefetch(s.as_ptr().wrapping_add(PREFETCH_AHEAD));
-        }
+    let lines = out.chunks_mut(LINE_FLOATS).zip(a.chunks(LINE_FLOATS));
+    for ((o, a), b) in lines.zip(b.chunks(LINE_FLOATS)) {
+        prefetch_ahead(&[a, b]);
         for ((o, &x), &y) in o.iter_mut().zip(a).zip(b) {
             o.write(f(x, y));
         }

@@ -12,7 +12,7 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use crate::elementwise::{CHUNK, PAR_MIN};
-use crate::simd::{PREFETCH_AHEAD, prefetch};
+use crate::simd::prefetch_ahead;
 use crate::{Result, Tensor, TensorError};
 
 /// f32 lanes per partial sum: 16 (four SSE registers) hide the add latency; fewer leave the
@@ -55,9 +55,7 @@ pub(crate) fn lane_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f3
             .map(|((&x, &y), &z)| f(x, y, z))
             .sum();
         for ((x, y), z) in ba.zip(bb).zip(bc) {
-            for s in [x, y, z] {
-                prefetch(s.as_ptr().wrapping_add(PREFETCH_AHEAD));
-            }
+            prefetch_ahead(&[x, y, z]);
             let (x, y, z): (&[f32; LANES], &[f32; LANES], &[f32; LANES]) = (
                 x.try_into().expect("exact chunk"),
                 y.try_into().expect("exact chunk"),

@@ -36,20 +36,41 @@ pub fn avx512() -> bool {
     })
 }
 
-/// How far ahead of a stream [`prefetch`] fetches: 2 KiB, about the latency of a DRAM read
-/// at this loop's pace. The hardware prefetchers stop at every 4 KiB page, which is one
-/// 32×32 plane of f32: a pass that walks plane by plane would otherwise start each page cold.
-pub(crate) const PREFETCH_AHEAD: usize = 512;
+/// Floats per 64-byte cache line: the step at which passes issue [`prefetch_ahead`].
+pub(crate) const LINE_FLOATS: usize = 16;
 
-/// Hints the cache line at `p` into L1. Only a hint: `p` may point past the end of its
-/// allocation (nothing is read through it).
+/// How far ahead of each stream [`prefetch_ahead`] fetches, in floats: 2 KiB, about the latency
+/// of a DRAM read at an elementwise loop's pace. The hardware prefetchers stop at every 4 KiB
+/// page, which is one 32×32 plane of f32: a pass that walks plane by plane would otherwise start
+/// each page cold.
+const PREFETCH_AHEAD: usize = 512;
+
+/// Hints into L1 the cache line [`PREFETCH_AHEAD`] floats past the start of each stream (once
+/// per distinct stream: callers may pass one slice in several roles).
 #[inline(always)]
-pub(crate) fn prefetch(p: *const f32) {
+pub(crate) fn prefetch_ahead(streams: &[&[f32]]) {
+    for (i, s) in streams.iter().enumerate() {
+        if !streams[..i].iter().any(|t| t.as_ptr() == s.as_ptr()) {
+            prefetch_line::<true>(s.as_ptr().wrapping_add(PREFETCH_AHEAD));
+        }
+    }
+}
+
+/// Hints the cache line at `p` into L1 (`INTO_L1`) or L2. Only a hint: `p` may lie past the end
+/// of its allocation, nothing is read through it.
+#[inline(always)]
+pub(crate) fn prefetch_line<const INTO_L1: bool>(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        use std::arch::x86_64::{_MM_HINT_T0, _MM_HINT_T1, _mm_prefetch};
         // SAFETY: prefetching never faults, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) };
+        unsafe {
+            if INTO_L1 {
+                _mm_prefetch::<_MM_HINT_T0>(p.cast())
+            } else {
+                _mm_prefetch::<_MM_HINT_T1>(p.cast())
+            }
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
