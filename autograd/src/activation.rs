@@ -65,7 +65,10 @@ impl Backward for GatedRelu6Backward {
             // Σ (x − ReLU6(x))·dy: only values outside [0, 6] contribute.
             let x = self.x.data();
             const CHUNK: usize = 1 << 14;
-            x.par_chunks(CHUNK)
+            // Chunk sums collected, then added in order: a parallel `sum` would associate them
+            // as work stealing falls, and the result would vary from run to run.
+            let parts: Vec<f64> = x
+                .par_chunks(CHUNK)
                 .zip(dy.data().par_chunks(CHUNK))
                 .map(|(xs, ds)| {
                     xs.iter()
@@ -73,7 +76,8 @@ impl Backward for GatedRelu6Backward {
                         .map(|(&x, &d)| ((x - x.clamp(0.0, 6.0)) * d) as f64)
                         .sum::<f64>()
                 })
-                .sum::<f64>() as f32
+                .collect();
+            parts.iter().sum::<f64>() as f32
         } else {
             0.0
         };

@@ -398,6 +398,21 @@ impl Stored<'_> {
     }
 }
 
+/// The serialised file with its JSON header's keys sorted: the crate writes the `__metadata__`
+/// map in `HashMap` order, which changes from run to run, and the same checkpoint should always
+/// be the same bytes. Same content, so the same length; the padding stays spaces.
+fn sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let len = u64::from_le_bytes(bytes[..8].try_into().expect("8-byte length prefix")) as usize;
+    let header = &mut bytes[8..8 + len];
+    let value: Value = serde_json::from_slice(header).expect("safetensors writes valid JSON");
+    // serde_json's map is a BTreeMap (no `preserve_order`): keys come out sorted.
+    let sorted = value.to_string();
+    assert!(sorted.len() <= len, "re-serialised header grew");
+    header[..sorted.len()].copy_from_slice(sorted.as_bytes());
+    header[sorted.len()..].fill(b' ');
+    bytes
+}
+
 /// Validates, serialises and atomically writes one file.
 fn write(
     path: &Path,
@@ -432,7 +447,7 @@ fn write(
             path: path.to_path_buf(),
             source,
         })?;
-    write_atomic(path, &bytes).map_err(|source| CheckpointError::Write {
+    write_atomic(path, &sorted_header(bytes)).map_err(|source| CheckpointError::Write {
         path: path.to_path_buf(),
         source,
     })
@@ -689,6 +704,22 @@ mod tests {
             let width = if dtype == StorageDtype::F32 { 4 } else { 2 };
             assert_eq!(data_len, numel * width, "{dtype:?}");
         }
+    }
+
+    /// The same checkpoint is the same bytes every time (the safetensors crate alone writes its
+    /// two metadata keys in a random order), and the sorted header still loads.
+    #[test]
+    fn saving_twice_gives_the_same_bytes() {
+        let dir = Scratch::new("same-bytes");
+        let state = state_dict(&mut tiny(2));
+        let path = dir.file("a.safetensors");
+        let mut files = (0..16).map(|_| {
+            save(&path, &state, &metadata()).unwrap();
+            fs::read(&path).unwrap()
+        });
+        let first = files.next().unwrap();
+        assert!(files.all(|f| f == first));
+        assert_eq!(load(&path).unwrap().metadata, metadata());
     }
 
     #[test]

@@ -6,9 +6,14 @@
 //! read from memory once) and merged per channel in f64 with the exact between/within-plane
 //! decomposition — numerically stable even when |mean| ≫ std. All passes are parallel over planes.
 
+use std::mem::MaybeUninit;
+
 use crate::elementwise::{build, write1, write2};
 use crate::reduce::{channel_dims, fold_channels, lane_sum, lane_sum2, per_plane};
 use crate::{Result, Tensor, TensorError};
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 
 /// `eps` inside the square root and the running-statistics `momentum`
 /// (`running = (1 − momentum)·running + momentum·batch`). Defaults are PyTorch's: 1e-5 and 0.1.
@@ -101,13 +106,12 @@ fn normalize(
     shift: &[f32],
     (lo, hi): (f32, f32),
 ) -> Vec<f32> {
-    let c = scale.len();
+    let (c, path) = (scale.len(), Path::detect());
     build(x.len(), hw, |p0, out| {
         let xs = &x[p0 * hw..p0 * hw + out.len()];
         for (i, (o, xp)) in out.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
             let ch = (p0 + i) % c;
-            let (m, s, b) = (center[ch], scale[ch], shift[ch]);
-            write1(o, xp, |v| ((v - m) * s + b).clamp(lo, hi));
+            path.normalize(o, xp, [center[ch], scale[ch], shift[ch]], (lo, hi));
         }
     })
 }
@@ -169,13 +173,13 @@ pub fn forward_train(
     // Per plane: its mean and Σ(x − plane mean)²; the second pass reads the plane from cache.
     // The deviations use the f32-rounded mean m32; Σ(x − m32)² = M2 + hw·(m − m32)² exactly,
     // so that term is taken back out.
-    let xd = x.data();
+    let (xd, path) = (x.data(), Path::detect());
     let parts = per_plane(n * c, hw, |p| {
         let plane = &xd[p * hw..(p + 1) * hw];
-        let m = lane_sum(plane, |v| v) / hw as f64;
+        let m = path.sum(plane) / hw as f64;
         let m32 = m as f32;
         let shift = m - m32 as f64;
-        let m2 = lane_sum(plane, |v| (v - m32) * (v - m32)) - hw as f64 * shift * shift;
+        let m2 = path.sum_sq_dev(plane, m32) - hw as f64 * shift * shift;
         (m, m2.max(0.0))
     });
     // Planes are equally sized, so the channel mean is the mean of plane means and
@@ -266,19 +270,6 @@ pub fn backward_train(
     })
 }
 
-/// `dy` through the clamp when `RELU6`: zero unless `0 < (x − mean)·scale + shift < 6`, the
-/// output's value before the clamp, computed as [`normalize`] did. Otherwise `dy` untouched, so
-/// NaN and ∞ propagate.
-#[inline(always)]
-fn through_clamp<const RELU6: bool>(dy: f32, x: f32, (m, s, b): (f32, f32, f32)) -> f32 {
-    let pre = (x - m) * s + b;
-    if !RELU6 || (0.0 < pre && pre < 6.0) {
-        dy
-    } else {
-        0.0
-    }
-}
-
 /// The body of [`backward_train`] on checked slices: `(dx, dγ, dβ)`; `clamp` is the stats' own
 /// (`Some` exactly when `RELU6`), so it holds one value per channel.
 fn train_grads<const RELU6: bool>(
@@ -289,22 +280,15 @@ fn train_grads<const RELU6: bool>(
     clamp: Option<&Affine>,
     [n, c, hw]: [usize; 3],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let mean = stats.mean.data();
+    let (mean, path) = (stats.mean.data(), Path::detect());
     // The clamp's affine map for channel `ch` (unused without RELU6).
     let affine = |ch: usize| match clamp {
-        Some(a) if RELU6 => (mean[ch], a.scale[ch], a.shift[ch]),
-        _ => (0.0, 0.0, 0.0),
+        Some(a) if RELU6 => [mean[ch], a.scale[ch], a.shift[ch]],
+        _ => [0.0; 3],
     };
-    let grad = through_clamp::<RELU6>;
     let parts = per_plane(n * c, hw, |p| {
         let (r, ch) = (p * hw..(p + 1) * hw, p % c);
-        let (m, map) = (mean[ch], affine(ch));
-        let (g, x) = (&dyd[r.clone()], &xd[r]);
-        // Two passes over the plane; the second reads dy and x from cache.
-        (
-            lane_sum2(g, x, |gv, xv| grad(gv, xv, map)),
-            lane_sum2(g, x, |gv, xv| grad(gv, xv, map) * (xv - m)),
-        )
+        path.grad_sums::<RELU6>(&dyd[r.clone()], &xd[r], mean[ch], affine(ch))
     });
     let sums = fold_channels(&parts, c, (0.0, 0.0), |(a, b), (u, v)| (a + u, b + v));
 
@@ -330,13 +314,138 @@ fn train_grads<const RELU6: bool>(
         let planes = out.chunks_mut(hw).zip(dyd[r.clone()].chunks(hw));
         for (i, ((o, g), xp)) in planes.zip(xd[r].chunks(hw)).enumerate() {
             let ch = (p0 + i) % c;
-            let ([k1, k2, k3], m, map) = (k[ch], mean[ch], affine(ch));
-            write2(o, g, xp, |gv, xv| {
-                grad(gv, xv, map) * k1 + (xv - m) * k2 + k3
-            });
+            path.dx::<RELU6>(o, g, xp, k[ch], mean[ch], affine(ch));
         }
     });
     (dx, dgamma, dbeta)
+}
+
+/// One channel's `x ↦ (x − mean)·scale + shift`, as `[mean, scale, shift]`.
+type PlaneMap = [f32; 3];
+
+/// `(v − m)²`, the terms of a plane's M2.
+#[inline(always)]
+fn sq_dev(v: f32, m: f32) -> f32 {
+    (v - m) * (v - m)
+}
+
+/// `clamp((v − m)·s + b, lo, hi)`: an output of [`normalize`]. Subtracting the centre before
+/// scaling keeps precision when |mean| ≫ std.
+#[inline(always)]
+fn normalized(v: f32, [m, s, b]: PlaneMap, (lo, hi): (f32, f32)) -> f32 {
+    ((v - m) * s + b).clamp(lo, hi)
+}
+
+/// `dy` through the clamp when `RELU6`: zero unless `0 < (x − mean)·scale + shift < 6`, the
+/// output's value before the clamp, computed as [`normalized`] did. Otherwise `dy` untouched, so
+/// NaN and ∞ propagate.
+#[inline(always)]
+fn through_clamp<const RELU6: bool>(dy: f32, x: f32, [m, s, b]: PlaneMap) -> f32 {
+    let pre = (x - m) * s + b;
+    if !RELU6 || (0.0 < pre && pre < 6.0) {
+        dy
+    } else {
+        0.0
+    }
+}
+
+/// One element of the training `dx`: `g·k1 + (x − m)·k2 + k3`, g = dy through the clamp.
+#[inline(always)]
+fn dx_value<const RELU6: bool>(
+    dy: f32,
+    x: f32,
+    [k1, k2, k3]: [f32; 3],
+    m: f32,
+    map: PlaneMap,
+) -> f32 {
+    through_clamp::<RELU6>(dy, x, map) * k1 + (x - m) * k2 + k3
+}
+
+/// Which code the per-plane passes run: the AVX2 twins (`avx2.rs`, same bits) when the CPU has
+/// AVX2, else the portable loops. [`Path::detect`] is the only way to get the AVX2 one.
+#[derive(Clone, Copy, Debug)]
+struct Path {
+    avx2: bool,
+}
+
+impl Path {
+    #[cfg(test)]
+    const PORTABLE: Path = Path { avx2: false };
+
+    fn detect() -> Path {
+        Path {
+            avx2: cfg!(target_arch = "x86_64") && crate::simd::avx2_fma(),
+        }
+    }
+
+    /// Σx over a plane.
+    fn sum(self, x: &[f32]) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is set only when the CPU has AVX2 (`detect`).
+            return unsafe { avx2::sum(x) };
+        }
+        lane_sum(x, |v| v)
+    }
+
+    /// Σ(x − m)² over a plane.
+    fn sum_sq_dev(self, x: &[f32], m: f32) -> f64 {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: as in `sum`.
+            return unsafe { avx2::sum_sq_dev(x, m) };
+        }
+        lane_sum(x, |v| sq_dev(v, m))
+    }
+
+    /// [`normalized`] over a plane.
+    fn normalize(self, out: &mut [MaybeUninit<f32>], x: &[f32], map: PlaneMap, range: (f32, f32)) {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: as in `sum`.
+            return unsafe { avx2::normalize(out, x, map, range) };
+        }
+        write1(out, x, |v| normalized(v, map, range))
+    }
+
+    /// `(Σ g, Σ g·(x − m))` over a plane, g = dy through the clamp; two passes, the second
+    /// reading dy and x from cache.
+    fn grad_sums<const RELU6: bool>(
+        self,
+        dy: &[f32],
+        x: &[f32],
+        m: f32,
+        map: PlaneMap,
+    ) -> (f64, f64) {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: as in `sum`.
+            return unsafe { avx2::grad_sums::<RELU6>(dy, x, m, map) };
+        }
+        let g = |dy, x| through_clamp::<RELU6>(dy, x, map);
+        (
+            lane_sum2(dy, x, g),
+            lane_sum2(dy, x, |dy, x| g(dy, x) * (x - m)),
+        )
+    }
+
+    /// [`dx_value`] over a plane.
+    fn dx<const RELU6: bool>(
+        self,
+        out: &mut [MaybeUninit<f32>],
+        dy: &[f32],
+        x: &[f32],
+        k: [f32; 3],
+        m: f32,
+        map: PlaneMap,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: as in `sum`.
+            return unsafe { avx2::dx::<RELU6>(out, dy, x, k, m, map) };
+        }
+        write2(out, dy, x, |dy, x| dx_value::<RELU6>(dy, x, k, m, map))
+    }
 }
 
 /// Eval forward: `y = (x − running_mean)·γ/sqrt(running_var + eps) + β`.
@@ -616,6 +725,68 @@ mod tests {
     const TORCH_DBETA: [f32; 3] = [-1.3333335, 1.5, 1.1920929e-07];
     const TORCH_RM: [f32; 3] = [0.041666664, 0.0125, -0.016666664];
     const TORCH_RV: [f32; 3] = [1.0388888, 1.0061507, 1.0301588];
+
+    /// The AVX2 plane passes give the portable ones' bits, on plane lengths around the 8- and
+    /// 16-float vectors and the 512-float flush, with values exactly on the clamp bounds, NaN and
+    /// ∞ mixed in. (On a CPU without AVX2 both sides are portable.)
+    #[test]
+    fn simd_passes_match_portable_bit_for_bit() {
+        use crate::testutil::{rand_vec, rng};
+        let (simd, portable) = (Path::detect(), Path::PORTABLE);
+        let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
+            // SAFETY: both passes write every element.
+            v.iter()
+                .map(|x| unsafe { x.assume_init() }.to_bits())
+                .collect()
+        };
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        let mut r = rng(11);
+        for len in (0..=40).chain([63, 64, 65, 511, 512, 513, 1024 + 7, 3000]) {
+            let mut x: Vec<f32> = rand_vec(&mut r, len)
+                .iter()
+                .map(|v| v * 4.0 + 1.0)
+                .collect();
+            let dy = rand_vec(&mut r, len);
+            // With map [1, 1, 2] these land exactly on the clamp's 0 and 6.
+            for (i, v) in [-1.0, 5.0, f32::NAN, f32::INFINITY].into_iter().enumerate() {
+                if let Some(slot) = x.get_mut(i * 7 + 3) {
+                    *slot = v;
+                }
+            }
+            let (m, map, k) = (0.37, [1.0, 1.0, 2.0], [1.3, -0.2, 0.05]);
+            assert!(same(simd.sum(&x), portable.sum(&x)), "sum, len {len}");
+            assert!(same(simd.sum_sq_dev(&x, m), portable.sum_sq_dev(&x, m)));
+            for range in [(0.0, 6.0), (f32::NEG_INFINITY, f32::INFINITY)] {
+                let mut out = [
+                    vec![MaybeUninit::uninit(); len],
+                    vec![MaybeUninit::uninit(); len],
+                ];
+                simd.normalize(&mut out[0], &x, map, range);
+                portable.normalize(&mut out[1], &x, map, range);
+                assert_eq!(bits(&out[0]), bits(&out[1]), "normalize, len {len}");
+            }
+            fn check<const R: bool>(p: [Path; 2], dy: &[f32], x: &[f32], m: f32, map: PlaneMap) {
+                let [(a1, a2), (b1, b2)] = p.map(|p| p.grad_sums::<R>(dy, x, m, map));
+                assert!(a1.to_bits() == b1.to_bits() || a1.is_nan() && b1.is_nan());
+                assert!(a2.to_bits() == b2.to_bits() || a2.is_nan() && b2.is_nan());
+            }
+            check::<true>([simd, portable], &dy, &x, m, map);
+            check::<false>([simd, portable], &dy, &x, m, map);
+            let mut out = [
+                vec![MaybeUninit::uninit(); len],
+                vec![MaybeUninit::uninit(); len],
+            ];
+            for relu6 in [true, false] {
+                for (o, p) in out.iter_mut().zip([simd, portable]) {
+                    match relu6 {
+                        true => p.dx::<true>(o, &dy, &x, k, m, map),
+                        false => p.dx::<false>(o, &dy, &x, k, m, map),
+                    }
+                }
+                assert_eq!(bits(&out[0]), bits(&out[1]), "dx, len {len}");
+            }
+        }
+    }
 
     #[test]
     fn eval_forward_backward_and_folding() {

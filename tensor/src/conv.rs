@@ -785,21 +785,22 @@ pub fn backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom) {
     };
     let items = g.n * tiles;
     if items > 1 && wanted_tasks() > 1 {
-        // One partial sum per rayon split (a handful), reduced pairwise.
-        let sum = (0..items)
+        // One partial sum per fixed run of items, added in order: the result does not depend on
+        // scheduling (a rayon fold's splits follow work stealing, so its float sums would vary
+        // from run to run and training would not be reproducible).
+        let parts = wanted_tasks().min(items);
+        let partials: Vec<Vec<f32>> = (0..parts)
             .into_par_iter()
-            .fold(
-                || vec![0.0; dw.len()],
-                |mut acc, item| {
-                    add_item(item, &mut acc);
-                    acc
-                },
-            )
-            .reduce_with(|mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                a
-            });
-        dw.copy_from_slice(&sum.expect("more than one item"));
+            .map(|p| {
+                let mut acc = vec![0.0; dw.len()];
+                (p * items / parts..(p + 1) * items / parts).for_each(|i| add_item(i, &mut acc));
+                acc
+            })
+            .collect();
+        dw.copy_from_slice(&partials[0]);
+        for part in &partials[1..] {
+            dw.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
     } else {
         dw.fill(0.0);
         (0..items).for_each(|item| add_item(item, dw));
@@ -1082,6 +1083,28 @@ mod tests {
         pool.install(|| {
             check([3, 13, 7, 17, 17, 3, 1, 1, 1], 10);
             check([3, 13, 7, 17, 17, 1, 1, 0, 1], 11);
+        });
+    }
+
+    /// The weight gradient's per-task partial sums are added in a fixed order, so repeated runs
+    /// give the same bits however rayon schedules them (two callers share the pool here, so
+    /// work stealing varies from run to run).
+    #[test]
+    fn backward_weight_is_reproducible_bit_for_bit() {
+        let mut r = rng(21);
+        let (x, dy) = (
+            tensor(&mut r, &[8, 24, 16, 16]),
+            tensor(&mut r, &[8, 40, 16, 16]),
+        );
+        let dw = || conv2d_backward_weight(&x, &dy, 1, ConvParams::new(1, 0, 1)).unwrap();
+        let first = dw();
+        std::thread::scope(|s| {
+            let callers = [(); 2].map(|_| s.spawn(|| (0..20).map(|_| dw()).collect::<Vec<_>>()));
+            for caller in callers {
+                for run in caller.join().unwrap() {
+                    assert_eq!(run.data(), first.data());
+                }
+            }
         });
     }
 

@@ -17,12 +17,12 @@ use crate::{Result, Tensor, TensorError};
 
 /// f32 lanes per partial sum: 16 (four SSE registers) hide the add latency; fewer leave the
 /// loop latency-bound.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 
 /// Elements summed in f32 before the lanes are flushed into f64: 32 terms per lane keep the f32
 /// rounding within ~2e-6 of the block's magnitude, while the loop runs at full f32 SIMD width
 /// (f32→f64 conversion inside the loop vectorises poorly).
-const FLUSH: usize = 32 * LANES;
+pub(crate) const FLUSH: usize = 32 * LANES;
 
 /// Σ f(a[i]) over [`LANES`] f32 lanes, flushed into f64 every [`FLUSH`] elements.
 #[inline]
