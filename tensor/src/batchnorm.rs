@@ -329,24 +329,35 @@ fn sq_dev(v: f32, m: f32) -> f32 {
     (v - m) * (v - m)
 }
 
-/// `clamp((v − m)·s + b, lo, hi)`: an output of [`normalize`]. Subtracting the centre before
-/// scaling keeps precision when |mean| ≫ std.
+/// `(v − m)·s + b`. Subtracting the centre before scaling keeps precision when |mean| ≫ std.
 #[inline(always)]
-fn normalized(v: f32, [m, s, b]: PlaneMap, (lo, hi): (f32, f32)) -> f32 {
-    ((v - m) * s + b).clamp(lo, hi)
+fn affine(v: f32, [m, s, b]: PlaneMap) -> f32 {
+    (v - m) * s + b
+}
+
+/// `clamp(affine(v), lo, hi)`: an output of [`normalize`].
+#[inline(always)]
+fn normalized(v: f32, map: PlaneMap, (lo, hi): (f32, f32)) -> f32 {
+    affine(v, map).clamp(lo, hi)
 }
 
 /// `dy` through the clamp when `RELU6`: zero unless `0 < (x − mean)·scale + shift < 6`, the
 /// output's value before the clamp, computed as [`normalized`] did. Otherwise `dy` untouched, so
 /// NaN and ∞ propagate.
 #[inline(always)]
-fn through_clamp<const RELU6: bool>(dy: f32, x: f32, [m, s, b]: PlaneMap) -> f32 {
-    let pre = (x - m) * s + b;
+fn through_clamp<const RELU6: bool>(dy: f32, x: f32, map: PlaneMap) -> f32 {
+    let pre = affine(x, map);
     if !RELU6 || (0.0 < pre && pre < 6.0) {
         dy
     } else {
         0.0
     }
+}
+
+/// `g·(x − m)`, g = dy through the clamp: the terms of dγ's sum.
+#[inline(always)]
+fn centred_grad<const RELU6: bool>(dy: f32, x: f32, m: f32, map: PlaneMap) -> f32 {
+    through_clamp::<RELU6>(dy, x, map) * (x - m)
 }
 
 /// One element of the training `dx`: `g·k1 + (x − m)·k2 + k3`, g = dy through the clamp.
@@ -422,10 +433,9 @@ impl Path {
             // SAFETY: as in `sum`.
             return unsafe { avx2::grad_sums::<RELU6>(dy, x, m, map) };
         }
-        let g = |dy, x| through_clamp::<RELU6>(dy, x, map);
         (
-            lane_sum2(dy, x, g),
-            lane_sum2(dy, x, |dy, x| g(dy, x) * (x - m)),
+            lane_sum2(dy, x, |dy, x| through_clamp::<RELU6>(dy, x, map)),
+            lane_sum2(dy, x, |dy, x| centred_grad::<RELU6>(dy, x, m, map)),
         )
     }
 

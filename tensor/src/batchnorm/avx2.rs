@@ -6,12 +6,12 @@
 //! Why they exist: LLVM vectorises the portable closures into 8-byte loads and accumulators on
 //! the stack, 2-4 ns per element, which made batch norm the largest cost of a training step.
 //!
-//! Safety contract of every `unsafe fn` here: the CPU supports AVX2 (`simd::avx2_fma`).
+//! Every function here needs AVX2; the caller checks it once (`Path::detect`).
 
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::{PlaneMap, dx_value, normalized, sq_dev, through_clamp};
+use super::{PlaneMap, centred_grad, dx_value, normalized, sq_dev, through_clamp};
 use crate::reduce::{FLUSH, LANES};
 use crate::simd::{LINE_FLOATS, prefetch_ahead};
 
@@ -124,7 +124,7 @@ pub(super) fn sum_sq_dev(x: &[f32], m: f32) -> f64 {
     lane_sum([x], v, |i| sq_dev(x[i], m))
 }
 
-/// `(x − m)·s + b`, in the order [`normalized`] evaluates it.
+/// `super::affine`, in the same order of operations.
 #[target_feature(enable = "avx2")]
 #[inline]
 fn affine(x: __m256, [m, s, b]: [__m256; 3]) -> __m256 {
@@ -180,7 +180,7 @@ pub(super) fn grad_sums<const RELU6: bool>(
     let first = lane_sum([dy, x], g, |i| through_clamp::<RELU6>(dy[i], x[i], map));
     let centred = |i| _mm256_mul_ps(g(i), _mm256_sub_ps(load(x, i), mv));
     let second = lane_sum([dy, x], centred, |i| {
-        through_clamp::<RELU6>(dy[i], x[i], map) * (x[i] - m)
+        centred_grad::<RELU6>(dy[i], x[i], m, map)
     });
     (first, second)
 }
