@@ -279,6 +279,9 @@ fn bench_conv(rng: &mut StdRng, filter: &str) {
         ("dense3 24→24 @56² N32", 32, 24, 24, 56, 3, 1, 1, 1),
         ("dense5 64→64 s2 @28² N32", 32, 64, 64, 28, 5, 2, 2, 1),
         ("grouped3 g4 64→64 @28² N32", 32, 64, 64, 28, 3, 1, 1, 4),
+        ("dw3 144 @56² N32", 32, 144, 144, 56, 3, 1, 1, 144),
+        ("dw3 144 s2 @56² N32", 32, 144, 144, 56, 3, 2, 1, 144),
+        ("dw3 576 @7² N32", 32, 576, 576, 7, 3, 1, 1, 576),
     ];
     for (label, n, cin, cout, hw, k, stride, pad, groups) in cases {
         if !label.contains(filter) {

@@ -100,9 +100,18 @@ fn planes_per_task(planes: usize) -> usize {
 }
 
 /// Runs a contiguous run of planes: `(src, w, bias, dst, first plane, channels, dims, scratch)`.
-/// The input gradient uses the same shape with `src = dy`, `dst = dx` and no bias.
-type PlanesFn =
-    unsafe fn(&[f32], &[f32], Option<&[f32]>, &mut [f32], usize, usize, &Dims, &mut [f32]);
+/// The input gradient uses the same shape with `src = dy`, `dst = dx` and no bias. `dst` may be
+/// uninitialised: a kernel writes every element of it exactly once and never reads it.
+type PlanesFn = unsafe fn(
+    &[f32],
+    &[f32],
+    Option<&[f32]>,
+    &mut [MaybeUninit<f32>],
+    usize,
+    usize,
+    &Dims,
+    &mut [f32],
+);
 /// Weight gradient of a block of channels:
 /// `(x, dy, first channel, channels in block, channels, images, dims, dw of the block, scratch)`.
 type WeightFn =
@@ -114,12 +123,12 @@ type WeightFn =
 #[inline(always)]
 fn each_plane(
     src: &[f32],
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,
     forward: bool,
-    mut f: impl FnMut(&[f32], &mut [f32], usize),
+    mut f: impl FnMut(&[f32], &mut [MaybeUninit<f32>], usize),
 ) {
     let (sp, dp) = if forward {
         (d.in_plane(), d.out_plane())
@@ -136,14 +145,14 @@ fn each_plane(
     }
 }
 
-/// Output floats a task writes at a time: small enough to stay in L2 between being zeroed,
-/// written by the kernel and (ReLU6) clamped.
+/// Output floats a task writes at a time: small enough to stay in L2 between being written by
+/// the kernel and (ReLU6) clamped.
 const RUN: usize = 1 << 14;
 
 /// Runs `kernel` over every plane in parallel, in contiguous runs of planes, into a `dst` that
-/// need not be initialised. Each run of about [`RUN`] floats is zeroed just before the kernel
-/// overwrites it (the kernels take initialised slices; in cache that costs little, unlike
-/// zeroing the whole output in memory first), then clamped to [0, 6] with `relu6`.
+/// need not be initialised (every kernel writes each element of its planes exactly once,
+/// never reading them), then clamps each run of about [`RUN`] floats to [0, 6] with `relu6`
+/// while it is still in cache.
 #[allow(clippy::too_many_arguments)]
 fn run_planes(
     src: &[f32],
@@ -171,13 +180,12 @@ fn run_planes(
                 let first = t * per_task + i * per_run;
                 let planes = run.len() / dst_plane;
                 let src = &src[first * src_plane..][..planes * src_plane];
-                run.fill(MaybeUninit::new(0.0));
-                // SAFETY: every element of `run` was just written.
-                let run = unsafe { &mut *(run as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 // SAFETY: `kernel` was chosen for this CPU and geometry (AVX2 kernels only when
                 // `use_avx2` holds); slices hold whole planes of the sizes `d` implies, and `buf`
                 // is zeroed scratch of the length that kernel asked for, for this geometry only.
                 unsafe { kernel(src, w, bias, run, first, chans, d, &mut buf) };
+                // SAFETY: the kernel wrote every element of its planes, which tile `run`.
+                let run = unsafe { &mut *(run as *mut [MaybeUninit<f32>] as *mut [f32]) };
                 if relu6 {
                     run.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0));
                 }
@@ -443,9 +451,8 @@ mod tests {
         .ok()
     }
 
-    /// Runs all three passes on every path against the reference. Outputs start as NaN (and
-    /// forward / input-gradient runs are zeroed just before their kernel), so an element a kernel
-    /// forgets to write fails the comparison.
+    /// Runs all three passes on every path against the reference. Outputs start as NaN, so an
+    /// element a kernel forgets to write fails the comparison.
     fn check(g: &ConvGeom, seed: u64) {
         let mut r = rng(seed);
         let (xl, yl, wl) = (

@@ -20,6 +20,7 @@
 #![allow(clippy::needless_range_loop)]
 
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 use super::{Dims, each_plane};
 
@@ -283,20 +284,20 @@ unsafe fn forward_plane<const K: usize, const S: usize>(
     x: &[f32],
     w: &[f32],
     bias: f32,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     d: &Dims,
     buf: &mut [f32],
 ) {
     assert!(y.len() >= d.oh * d.ow && buf.len() >= fwd_scratch::<S>(d));
     fill_fwd::<S>(x, d, buf);
     let wv = weights::<K>(w, false);
-    let bv = _mm256_set1_ps(bias);
+    let (bv, y) = (_mm256_set1_ps(bias), y.as_mut_ptr().cast::<f32>());
     for oh in 0..d.oh {
         let (a, b) = fwd_rows::<K, S>(buf, d, oh);
         // SAFETY: for S = 1 the taps read row oh+i columns [j, j + ⌈ow⌉₈) and the row has
         // ow + K − 1 columns, so over-reads run into the next row or the SLACK; for S = 2 the taps
         // read E/O columns below ow + K/2 + 8 ≤ half + 8, likewise inside the buffer.
-        unsafe { conv_row::<K, S>(&a, &b, &wv, bv, y.as_mut_ptr().add(oh * d.ow), d.ow) };
+        unsafe { conv_row::<K, S>(&a, &b, &wv, bv, y.add(oh * d.ow), d.ow) };
     }
 }
 
@@ -322,7 +323,7 @@ pub(super) fn bwd1_scratch(d: &Dims) -> usize {
 unsafe fn backward_input_s1<const K: usize>(
     dy: &[f32],
     w: &[f32],
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     d: &Dims,
     buf: &mut [f32],
 ) {
@@ -330,11 +331,11 @@ unsafe fn backward_input_s1<const K: usize>(
     assert!(dx.len() >= d.h * d.w && buf.len() >= bwd1_scratch(d));
     fill(dy, d.oh, d.ow, buf, rows, pitch, off, off);
     let wv = weights::<K>(w, true);
-    let zero = _mm256_setzero_ps();
+    let (zero, dx) = (_mm256_setzero_ps(), dx.as_mut_ptr().cast::<f32>());
     for r in 0..d.h {
         let a: [*const f32; K] = std::array::from_fn(|i| buf[(r + i) * pitch..].as_ptr());
         // SAFETY: as in `forward_plane` with S = 1: rows r + i < rows, over-reads inside the buffer.
-        unsafe { conv_row::<K, 1>(&a, &a, &wv, zero, dx.as_mut_ptr().add(r * d.w), d.w) };
+        unsafe { conv_row::<K, 1>(&a, &a, &wv, zero, dx.add(r * d.w), d.w) };
     }
 }
 
@@ -433,7 +434,7 @@ unsafe fn backward_input_s2<
 >(
     dy: &[f32],
     w: &[f32],
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     d: &Dims,
     buf: &mut [f32],
 ) {
@@ -453,7 +454,7 @@ unsafe fn backward_input_s2<
     for a in 0..d.h {
         let tr = (a + p) % 2;
         let base = (a + p - tr) / 2 + m;
-        let out = dx[a * d.w..].as_mut_ptr();
+        let out = dx[a * d.w..].as_mut_ptr().cast::<f32>();
         // SAFETY: rows base − (LI−1) ≥ 0 (m ≥ LI − 1) and base < rows by `bwd2_buf`; columns up to
         // ⌈w/2⌉ + ⌈p/2⌉ + m + 8 fit the pitch plus the next row or SLACK.
         unsafe {
@@ -723,7 +724,7 @@ unsafe fn flat_conv<const K: usize>(
     w: &[f32],
     rotate: bool,
     bias: f32,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     d: &Dims,
 ) {
     let n = d.h * d.w;
@@ -748,7 +749,7 @@ unsafe fn flat_conv<const K: usize>(
                 let mask = _mm256_loadu_ps(masks.add((v * K + j) * 8));
                 acc = _mm256_add_ps(acc, _mm256_and_ps(part, mask));
             }
-            let o = out.as_mut_ptr().add(8 * v);
+            let o = out.as_mut_ptr().cast::<f32>().add(8 * v);
             if 8 * v + 8 <= n {
                 _mm256_storeu_ps(o, acc);
             } else {
@@ -895,7 +896,7 @@ pub(super) unsafe fn forward<const K: usize, const S: usize>(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,
@@ -918,7 +919,7 @@ pub(super) unsafe fn forward_flat_run<const K: usize>(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,
@@ -938,7 +939,7 @@ pub(super) unsafe fn backward_input_s1_run<const K: usize>(
     dy: &[f32],
     w: &[f32],
     _: Option<&[f32]>,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,
@@ -966,7 +967,7 @@ pub(super) unsafe fn backward_input_s2_run<
     dy: &[f32],
     w: &[f32],
     _: Option<&[f32]>,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,
@@ -988,7 +989,7 @@ pub(super) unsafe fn backward_input_flat_run<const K: usize>(
     dy: &[f32],
     w: &[f32],
     _: Option<&[f32]>,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,
@@ -1009,7 +1010,7 @@ unsafe fn flat_run<const K: usize>(
     w: &[f32],
     bias: Option<&[f32]>,
     rotate: bool,
-    dst: &mut [f32],
+    dst: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,

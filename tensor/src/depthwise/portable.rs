@@ -9,6 +9,8 @@
 // iterator chains would hide that structure without changing the code generated.
 #![allow(clippy::needless_range_loop)]
 
+use std::mem::MaybeUninit;
+
 use super::{Dims, each_plane};
 
 /// Lanes of the fused accumulation: 8 independent sums per row chunk.
@@ -62,7 +64,15 @@ pub(super) fn fill(
 
 /// out[q] = bias + Σ_{i,j} w[i,j] · rows[i·pitch + q·s + j]: one fused pass per output row,
 /// `L` outputs at a time so the tap loop stays outside the vectorised lane loop.
-fn corr_row(rows: &[f32], pitch: usize, w: &[f32], k: usize, s: usize, bias: f32, out: &mut [f32]) {
+fn corr_row(
+    rows: &[f32],
+    pitch: usize,
+    w: &[f32],
+    k: usize,
+    s: usize,
+    bias: f32,
+    out: &mut [MaybeUninit<f32>],
+) {
     match (k, s) {
         (3, 1) => return corr_row_fixed::<3>(rows, pitch, w, bias, out),
         (5, 1) => return corr_row_fixed::<5>(rows, pitch, w, bias, out),
@@ -88,7 +98,9 @@ fn corr_row(rows: &[f32], pitch: usize, w: &[f32], k: usize, s: usize, bias: f32
                 }
             }
         }
-        chunk.copy_from_slice(&acc[..chunk.len()]);
+        chunk.iter_mut().zip(acc).for_each(|(o, a)| {
+            o.write(a);
+        });
     }
 }
 
@@ -99,7 +111,7 @@ fn corr_row_fixed<const K: usize>(
     pitch: usize,
     w: &[f32],
     bias: f32,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let n = out.len();
     let w: [[f32; K]; K] = std::array::from_fn(|i| std::array::from_fn(|j| w[i * K + j]));
@@ -111,7 +123,7 @@ fn corr_row_fixed<const K: usize>(
                 acc += w[i][j] * r[i][q + j];
             }
         }
-        *o = acc;
+        o.write(acc);
     }
 }
 
@@ -126,7 +138,14 @@ pub(super) fn fwd_scratch(d: &Dims) -> usize {
 }
 
 /// One (image, channel) plane of the forward pass.
-fn forward_plane(x: &[f32], w: &[f32], bias: f32, y: &mut [f32], d: &Dims, buf: &mut [f32]) {
+fn forward_plane(
+    x: &[f32],
+    w: &[f32],
+    bias: f32,
+    y: &mut [MaybeUninit<f32>],
+    d: &Dims,
+    buf: &mut [f32],
+) {
     let (rows, pitch) = fwd_buf(d);
     fill(x, d.h, d.w, buf, rows, pitch, d.p as isize, 1);
     for (oh, yr) in y.chunks_exact_mut(d.ow).enumerate() {
@@ -151,7 +170,13 @@ pub(super) fn bwd_input_scratch(d: &Dims) -> usize {
 
 /// One plane of the input gradient. For stride > 1 the zeros of the dilation are multiplied too:
 /// simple and general; the AVX2 path gathers per phase instead.
-fn backward_input_plane(dy: &[f32], w: &[f32], dx: &mut [f32], d: &Dims, buf: &mut [f32]) {
+fn backward_input_plane(
+    dy: &[f32],
+    w: &[f32],
+    dx: &mut [MaybeUninit<f32>],
+    d: &Dims,
+    buf: &mut [f32],
+) {
     let (rows, pitch, off) = bwd_buf(d);
     fill(dy, d.oh, d.ow, buf, rows, pitch, off, d.s);
     let k = d.k;
@@ -259,7 +284,7 @@ pub(super) fn forward(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
-    y: &mut [f32],
+    y: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,
@@ -278,7 +303,7 @@ pub(super) fn backward_input(
     dy: &[f32],
     w: &[f32],
     _: Option<&[f32]>,
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
     d: &Dims,
