@@ -23,6 +23,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::{Dims, each_plane};
+use crate::simd::{LINE_FLOATS, prefetch_ahead};
 
 /// Floats after the last buffer row: room for a vector read starting at the row's last element.
 const SLACK: usize = 16;
@@ -58,6 +59,16 @@ unsafe fn copy_row(src: *const f32, dst: *mut f32, n: usize) {
     }
 }
 
+/// Hints every line of `row` as far ahead as [`prefetch_ahead`] looks: the rows that follow, and
+/// past the plane's end the next plane of a run. A plane spans several pages, where the hardware
+/// prefetchers stop.
+#[inline(always)]
+fn prefetch_row(row: &[f32]) {
+    for line in row.chunks(LINE_FLOATS) {
+        prefetch_ahead(&[line]);
+    }
+}
+
 /// `buf[r + offr][c + offc] = src[r][c]` (row pitch `pitch`, `rows` rows), clipped to the buffer.
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -81,6 +92,7 @@ fn fill(
     let (c1, r1) = (c1 as usize, r1 as usize);
     assert!(src.len() >= sh * sw && buf.len() >= rows * pitch);
     for r in r0..r1 {
+        prefetch_row(&src[r * sw + c0..r * sw + c1]);
         let d = (r as isize + offr) as usize * pitch + (c0 as isize + offc) as usize;
         // SAFETY: source columns [c0, c1) of row r < sh lie in `src`; destination row r + offr < rows
         // and columns [c0 + offc, c1 + offc) ⊂ [0, pitch), so the copy stays inside `buf`.
@@ -124,6 +136,7 @@ fn fill_s2(src: &[f32], d: &Dims, buf: &mut [f32], rows: usize) {
     let (m0, m4, m8, m12) = (m(0), m(4), m(8), m(12));
     let (me, mo) = (tail_mask(rem.div_ceil(2)), tail_mask(rem / 2));
     for r in p..r1 {
+        prefetch_row(&src[(r - p) * sw..][..sw]);
         // Columns 0-3 and 8-11 in one register, 4-7 and 12-15 in the other: then an in-lane
         // shuffle yields the 8 even (odd) columns in order, with no lane-crossing permute
         // (those run on a single port and made this fill slower than the convolution).
@@ -500,6 +513,7 @@ unsafe fn bw_pass<const K: usize, const S: usize, const G: usize>(
                 b[i].wrapping_add(j / 2)
             }
         };
+        prefetch_row(&dy[oh * d.ow..][..d.ow]);
         let dr = dy[oh * d.ow..][..d.ow].as_ptr();
         // SAFETY: dy loads are below ow (full vectors, then masked); buffer loads at
         // tap + q + [0, 8) with q < ow stay inside the buffer as in `forward_plane`.
