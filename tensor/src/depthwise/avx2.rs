@@ -23,7 +23,7 @@ use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
 use super::{Dims, each_plane};
-use crate::simd::{LINE_FLOATS, prefetch_ahead};
+use crate::simd::{LINE_FLOATS, prefetch_ahead, prefetch_line};
 
 /// Floats after the last buffer row: room for a vector read starting at the row's last element.
 const SLACK: usize = 16;
@@ -486,7 +486,8 @@ unsafe fn backward_input_s2<
 
 /// Accumulates `acc[g][j] += dy[oh][q] · tap(i0+g, j)[q]` over one plane for G tap rows. The
 /// accumulators stay in registers for the whole plane; the tail lanes are masked on both operands
-/// so a non-finite value past the row end can't leak in as 0·inf.
+/// so a non-finite value past the row end can't leak in as 0·inf. `next` (the input plane to be
+/// processed next, or empty) is only prefetched.
 ///
 /// # Safety
 /// Buffer filled for this plane; `dy[..oh·ow]` readable; AVX2+FMA.
@@ -498,8 +499,15 @@ unsafe fn bw_pass<const K: usize, const S: usize, const G: usize>(
     dy: &[f32],
     d: &Dims,
     i0: usize,
+    next: &[f32],
 ) {
     let mut r: [[__m256; K]; G] = std::array::from_fn(|g| acc[i0 + g]);
+    // The next plane's input goes towards L2 while this one computes, a slice per output row.
+    let ahead = next
+        .len()
+        .div_ceil(d.oh)
+        .next_multiple_of(LINE_FLOATS)
+        .max(1);
     let tail = tail_mask(d.ow % 8);
     let full = d.ow - d.ow % 8;
     for oh in 0..d.oh {
@@ -514,6 +522,14 @@ unsafe fn bw_pass<const K: usize, const S: usize, const G: usize>(
             }
         };
         prefetch_row(&dy[oh * d.ow..][..d.ow]);
+        for line in next
+            .chunks(ahead)
+            .nth(oh)
+            .unwrap_or(&[])
+            .chunks(LINE_FLOATS)
+        {
+            prefetch_line::<false>(line.as_ptr());
+        }
         let dr = dy[oh * d.ow..][..d.ow].as_ptr();
         // SAFETY: dy loads are below ow (full vectors, then masked); buffer loads at
         // tap + q + [0, 8) with q < ow stay inside the buffer as in `forward_plane`.
@@ -598,19 +614,28 @@ pub(super) unsafe fn backward_weight_block<const K: usize, const S: usize>(
             let plane = img * nch + c0 + cc;
             fill_fwd::<S>(&x[plane * ip..][..ip], d, buf);
             let dyp = &dy[plane * op..][..op];
+            // The plane after this one: the next channel of the block, or the next image's first.
+            let after = if cc + 1 < nc {
+                plane + 1
+            } else {
+                plane + 1 + nch - nc
+            };
+            let next = x
+                .get(after * ip..)
+                .map_or(&[][..], |s| &s[..ip.min(s.len())]);
             // SAFETY: buffer just filled for this plane, dy plane of the right size.
             unsafe {
                 if K == 3 {
-                    bw_pass::<K, S, 3>(acc, buf, dyp, d, 0);
+                    bw_pass::<K, S, 3>(acc, buf, dyp, d, 0, next);
                 } else {
                     // 2 rows × K = 10 accumulators keep the FMA pipes busy without spilling.
                     let mut i0 = 0;
                     while i0 + 2 <= K {
-                        bw_pass::<K, S, 2>(acc, buf, dyp, d, i0);
+                        bw_pass::<K, S, 2>(acc, buf, dyp, d, i0, next);
                         i0 += 2;
                     }
                     if i0 < K {
-                        bw_pass::<K, S, 1>(acc, buf, dyp, d, i0);
+                        bw_pass::<K, S, 1>(acc, buf, dyp, d, i0, next);
                     }
                 }
             }
