@@ -16,7 +16,7 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::elementwise::as_uninit;
-use crate::gemm::{Epilogue, PackedLhs, SendPtr, extent, sgemm, sgemm_raw};
+use crate::gemm::{Epilogue, PackedLhs, PackedRhs, RhsLayout, SendPtr, extent, sgemm, sgemm_raw};
 use crate::{Result, Tensor, TensorError};
 use crate::{depthwise, simd};
 
@@ -411,6 +411,9 @@ thread_local! {
 
 /// Runs `f` on this thread's reusable scratch buffer of `len` floats (contents unspecified).
 /// Taken out of its cell for the call, so even a re-entrant use could not alias it.
+/// Floats per cache line.
+const LINE: usize = simd::LINE_FLOATS;
+
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = SCRATCH.take();
     if buf.len() < len {
@@ -468,6 +471,9 @@ fn forward_uninit(
         col_rows + d.cout_g,
         wanted_tasks().div_ceil((g.n * g.groups).max(1)),
     );
+    // im2col writes its columns straight into the GEMM kernel's packed layout where there is
+    // one, so the product skips packing them (a pass over the whole column matrix).
+    let layout = |len: usize| RhsLayout::new(d.kc, len).filter(|_| !d.pointwise);
     let tiles = d.ohw.div_ceil(tile);
     let y = SendPtr::new(y.as_mut_ptr().cast::<f32>());
     run_tasks(g.n * g.groups * tiles, |t| {
@@ -482,14 +488,21 @@ fn forward_uninit(
         };
         let y0 = (img * g.cout + grp * d.cout_g) * d.ohw + p0;
         let out_rows = if stream { d.cout_g } else { 0 };
-        with_scratch((col_rows + out_rows) * len, |buf| {
-            let (col, out) = buf.split_at_mut(col_rows * len);
-            let (b, rsb) = if d.pointwise {
+        // A packed B is read with aligned loads: it starts on a cache line of the scratch.
+        let (col_len, slack) = layout(len).map_or((col_rows * len, 0), |l| (l.len(), LINE));
+        with_scratch(slack + col_len + out_rows * len, |buf| {
+            let skip = buf.as_ptr().align_offset(4 * LINE).min(slack);
+            let (col, out) = buf[skip..].split_at_mut(col_len);
+            let (r0, nr) = (p0 / d.ow, len / d.ow);
+            let b = if d.pointwise {
                 prefetch(&xg[p0..], d.cin_g, len, d.hw);
-                (&xg[p0..], d.hw)
+                Rhs::Strided(&xg[p0..], d.hw)
+            } else if let Some(l) = layout(len) {
+                im2col_packed(xg, g, &d, r0, nr, l, col);
+                Rhs::Packed(PackedRhs::new(l, col))
             } else {
-                im2col(xg, g, &d, p0 / d.ow, len / d.ow, col);
-                (&*col, len)
+                im2col(xg, g, &d, r0, nr, col);
+                Rhs::Strided(col, len)
             };
             let block = Block {
                 out: y.get().wrapping_add(y0),
@@ -499,9 +512,16 @@ fn forward_uninit(
             // SAFETY: the block is rows [grp·cout_g, +cout_g) × positions [p0, p0+len) of image
             // `img`: inside `y` (length checked) and disjoint from every other task's block.
             let a = (wg, d.kc, 1, packed.map(|p| &p[grp]));
-            unsafe { block.product(d.cout_g, d.kc, len, a, b, rsb, epilogue) };
+            unsafe { block.product(d.cout_g, d.kc, len, a, b, epilogue) };
         });
     });
+}
+
+/// The right operand of a block's product: `k×len` with the given row stride and contiguous
+/// rows, or already in the GEMM kernel's packed layout.
+enum Rhs<'a> {
+    Strided(&'a [f32], usize),
+    Packed(PackedRhs<'a>),
 }
 
 /// Where a task's `rows×len` output block goes: row stride `ld` from `out`, computed in place, or
@@ -514,7 +534,7 @@ struct Block<'a> {
 
 impl Block<'_> {
     /// Writes `a·b` and its [`Epilogue`] into the block: `a` is `rows×k` with strides `rsa`, `csa`
-    /// (and possibly prepacked); `b` is `k×len` with row stride `rsb` and contiguous rows.
+    /// (and possibly prepacked); `b` is `k×len`.
     ///
     /// # Safety
     /// The block must lie inside the output and no other thread may touch it meanwhile.
@@ -525,12 +545,19 @@ impl Block<'_> {
         k: usize,
         len: usize,
         (a, rsa, csa, packed): (&[f32], usize, usize, Option<&PackedLhs>),
-        b: &[f32],
-        rsb: usize,
+        b: Rhs,
         epilogue: Epilogue,
     ) {
-        let (rsa, csa, rsb) = (rsa as isize, csa as isize, rsb as isize);
-        assert!(extent(rows, k, rsa, csa) <= a.len() && extent(k, len, rsb, 1) <= b.len());
+        let (rsa, csa) = (rsa as isize, csa as isize);
+        assert!(extent(rows, k, rsa, csa) <= a.len());
+        let (b, rsb, packed_b) = match b {
+            Rhs::Strided(b, rsb) => {
+                assert!(extent(k, len, rsb as isize, 1) <= b.len());
+                (b.as_ptr(), rsb as isize, None)
+            }
+            // `sgemm_raw` checks the packed operand's shape.
+            Rhs::Packed(p) => (std::ptr::null(), 0, Some(p)),
+        };
         let (c, ldc, epi) = match &self.scratch {
             Some(buf) => {
                 assert!(buf.len() >= rows * len, "conv: scratch block too small");
@@ -550,9 +577,10 @@ impl Block<'_> {
                 rsa,
                 csa,
                 packed,
-                b.as_ptr(),
+                b,
                 rsb,
                 1,
+                packed_b.as_ref(),
                 0.0,
                 c,
                 ldc as isize,
@@ -680,8 +708,7 @@ fn backward_input_uninit(dy: &[f32], w: &[f32], dx: &mut [MaybeUninit<f32>], g: 
                         d.cout_g,
                         len,
                         (wg, 1, d.cin_g, None),
-                        dyg,
-                        d.ohw,
+                        Rhs::Strided(dyg, d.ohw),
                         Epilogue::default(),
                     )
                 };
@@ -862,28 +889,61 @@ fn in_row(g: &ConvGeom, r: usize, ky: usize) -> Option<usize> {
 fn im2col(x: &[f32], g: &ConvGeom, d: &Dims, r0: usize, nr: usize, col: &mut [f32]) {
     let len = nr * d.ow;
     for (c, plane) in x.chunks_exact(d.hw).enumerate() {
-        for ky in 0..g.k {
-            for kx in 0..g.k {
-                let (lo, hi, x0) = col_span(g, d.ow, kx);
-                let row = &mut col[((c * g.k + ky) * g.k + kx) * len..][..len];
-                for (r, out) in (r0..r0 + nr).zip(row.chunks_exact_mut(d.ow)) {
-                    let Some(iy) = in_row(g, r, ky) else {
-                        out.fill(0.0);
-                        continue;
-                    };
-                    let src = &plane[iy * g.w + x0..(iy + 1) * g.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    let out = &mut out[lo..hi];
-                    if g.stride == 1 {
-                        out.copy_from_slice(&src[..out.len()]);
-                    } else {
-                        out.iter_mut()
-                            .zip(src.iter().step_by(g.stride))
-                            .for_each(|(o, v)| *o = *v);
-                    }
-                }
-            }
+        for (t, row) in col[c * g.k * g.k * len..][..g.k * g.k * len]
+            .chunks_exact_mut(len)
+            .enumerate()
+        {
+            col_row(plane, g, d, r0, (t / g.k, t % g.k), row);
+        }
+    }
+}
+
+/// [`im2col`] written through `layout` (the GEMM kernel's packing of the `kc×len` column matrix)
+/// into `dst`.
+fn im2col_packed(
+    x: &[f32],
+    g: &ConvGeom,
+    d: &Dims,
+    r0: usize,
+    nr: usize,
+    layout: RhsLayout,
+    dst: &mut [f32],
+) {
+    let mut row = vec![0.0; nr * d.ow];
+    for (c, plane) in x.chunks_exact(d.hw).enumerate() {
+        for t in 0..g.k * g.k {
+            col_row(plane, g, d, r0, (t / g.k, t % g.k), &mut row);
+            layout.put_row(c * g.k * g.k + t, &row, dst);
+        }
+    }
+}
+
+/// Row `(ky, kx)` of one input channel's `plane` in the column matrix of output rows
+/// `[r0, r0 + out.len()/ow)`.
+fn col_row(
+    plane: &[f32],
+    g: &ConvGeom,
+    d: &Dims,
+    r0: usize,
+    (ky, kx): (usize, usize),
+    out: &mut [f32],
+) {
+    let (lo, hi, x0) = col_span(g, d.ow, kx);
+    for (r, out) in (r0..).zip(out.chunks_exact_mut(d.ow)) {
+        let Some(iy) = in_row(g, r, ky) else {
+            out.fill(0.0);
+            continue;
+        };
+        let src = &plane[iy * g.w + x0..(iy + 1) * g.w];
+        out[..lo].fill(0.0);
+        out[hi..].fill(0.0);
+        let out = &mut out[lo..hi];
+        if g.stride == 1 {
+            out.copy_from_slice(&src[..out.len()]);
+        } else {
+            out.iter_mut()
+                .zip(src.iter().step_by(g.stride))
+                .for_each(|(o, v)| *o = *v);
         }
     }
 }
@@ -1036,7 +1096,16 @@ mod tests {
                 let out = out[off..].as_mut_ptr();
                 let block = Block { out, ld, scratch };
                 // SAFETY: the block's rows×len at stride ld lie inside `out`.
-                unsafe { block.product(rows, k, len, (&a, k, 1, None), &b, len, epilogue) };
+                unsafe {
+                    block.product(
+                        rows,
+                        k,
+                        len,
+                        (&a, k, 1, None),
+                        Rhs::Strided(&b, len),
+                        epilogue,
+                    )
+                };
             }
             assert_close(&streamed, &expected, 1e-6, "streamed block");
             if relu6 {

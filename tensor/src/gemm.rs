@@ -83,6 +83,7 @@ pub fn sgemm(
             b.as_ptr(),
             rsb,
             csb,
+            None,
             beta,
             c.as_mut_ptr(),
             rsc,
@@ -175,6 +176,74 @@ impl PackedLhs {
     }
 }
 
+/// Where a `k×n` right operand B goes when its producer writes it straight into the layout the
+/// AVX-512 kernel packs B into (im2col does), so the product skips packing it. Exists only where
+/// that kernel runs.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RhsLayout {
+    k: usize,
+    n: usize,
+}
+
+impl RhsLayout {
+    /// The layout of a `k×n` B, or `None` where the GEMM kernel does not read packed operands.
+    pub(crate) fn new(k: usize, n: usize) -> Option<RhsLayout> {
+        #[cfg(target_arch = "x86_64")]
+        if avx512::available() {
+            return Some(RhsLayout { k, n });
+        }
+        let _ = (k, n);
+        None
+    }
+
+    /// Floats the packed B takes.
+    pub(crate) fn len(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        return avx512::rhs_len(self.k, self.n);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("RhsLayout exists only with the AVX-512 kernel")
+    }
+
+    /// Writes row `r` of B (`n` values) into `dst`, a buffer of [`RhsLayout::len`] floats; the
+    /// padding after the last column is zeroed, so writing every row writes every float.
+    pub(crate) fn put_row(&self, r: usize, row: &[f32], dst: &mut [f32]) {
+        assert!(r < self.k && row.len() == self.n && dst.len() >= self.len());
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the layout exists only where AVX-512 does (`new`); lengths checked above.
+        unsafe {
+            avx512::put_rhs_row(self.k, self.n, r, row, dst)
+        };
+    }
+}
+
+/// A right operand written in its [`RhsLayout`].
+#[derive(Clone, Copy)]
+pub(crate) struct PackedRhs<'a> {
+    layout: RhsLayout,
+    data: &'a [f32],
+}
+
+impl<'a> PackedRhs<'a> {
+    /// `data` must hold every row of B put there by [`RhsLayout::put_row`], starting on a 64-byte
+    /// boundary (the kernel reads its strips with aligned loads).
+    pub(crate) fn new(layout: RhsLayout, data: &'a [f32]) -> PackedRhs<'a> {
+        assert!(data.len() >= layout.len(), "packed B: buffer too short");
+        assert!(
+            data.as_ptr().align_offset(64) == 0,
+            "packed B: not 64-byte aligned"
+        );
+        PackedRhs { layout, data }
+    }
+
+    /// The packed block of rows from `pc` (a multiple of the kernel's inner block) and columns
+    /// from `j` (a multiple of its strip width).
+    #[cfg(target_arch = "x86_64")]
+    fn block(&self, pc: usize, j: usize) -> *const f32 {
+        let RhsLayout { k, n } = self.layout;
+        self.data[avx512::rhs_offset(k, n, pc, j)..].as_ptr()
+    }
+}
+
 /// [`sgemm`] on raw pointers, for kernels whose parallel tasks write disjoint but interleaved
 /// parts of one output (which no set of non-overlapping `&mut` slices can express), then the
 /// epilogue (its bias, if any, has one value per row of C).
@@ -183,7 +252,8 @@ impl PackedLhs {
 /// A, B and C must lie within live allocations for the given dimensions and (non-negative)
 /// strides; C must not alias A, B or itself, and no other thread may access C's elements
 /// during the call. An epilogue needs a row-major C (`csc == 1`). `packed_a`, if given, must
-/// hold the same A (the kernels that can read it do, the others read `a`).
+/// hold the same A (the kernels that can read it do, the others read `a`). A `packed_b`, if
+/// given, replaces B (`b` is then not read) and needs a row-major C.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm_raw(
     m: usize,
@@ -197,6 +267,7 @@ pub(crate) unsafe fn sgemm_raw(
     b: *const f32,
     rsb: isize,
     csb: isize,
+    packed_b: Option<&PackedRhs>,
     beta: f32,
     c: *mut f32,
     rsc: isize,
@@ -206,6 +277,10 @@ pub(crate) unsafe fn sgemm_raw(
     if m == 0 || n == 0 {
         return;
     }
+    assert!(
+        packed_b.is_none_or(|p| csc == 1 && p.layout.k == k && p.layout.n == n),
+        "sgemm: a packed B must be k×n, with a row-major C"
+    );
     assert!(
         epilogue.is_noop() || csc == 1 && epilogue.bias.is_none_or(|b| b.len() >= m),
         "sgemm: an epilogue needs a row-major C and a bias per row"
@@ -246,6 +321,7 @@ pub(crate) unsafe fn sgemm_raw(
                 (a.get(), rsa, csa),
                 packed_a.map(|p| (p, 0)),
                 (b.get(), rsb, csb),
+                packed_b.map(|p| (p, 0)),
                 beta,
                 c.get(),
                 rsc,
@@ -269,7 +345,8 @@ pub(crate) unsafe fn sgemm_raw(
                     alpha,
                     (a.get(), rsa, csa),
                     packed_a.map(|p| (p, 0)),
-                    (b.get().offset(bo), rsb, csb),
+                    (b.get().wrapping_offset(bo), rsb, csb),
+                    packed_b.map(|p| (p, start)),
                     beta,
                     c.get().offset(co),
                     rsc,
@@ -286,6 +363,7 @@ pub(crate) unsafe fn sgemm_raw(
                     (a.get().offset(ao), rsa, csa),
                     packed_a.map(|p| (p, start)),
                     (b.get(), rsb, csb),
+                    packed_b.map(|p| (p, 0)),
                     beta,
                     c.get().offset(co),
                     rsc,
@@ -370,6 +448,7 @@ unsafe fn kernel(
     a: Strided,
     packed_a: Option<(&PackedLhs, usize)>,
     b: Strided,
+    packed_b: Option<(&PackedRhs, usize)>,
     beta: f32,
     c: *mut f32,
     rsc: isize,
@@ -380,10 +459,16 @@ unsafe fn kernel(
     // available.
     #[cfg(target_arch = "x86_64")]
     if avx512::available()
-        && unsafe { avx512::sgemm(m, k, n, alpha, a, packed_a, b, beta, c, rsc, csc, epilogue) }
+        && unsafe {
+            avx512::sgemm(
+                m, k, n, alpha, a, packed_a, b, packed_b, beta, c, rsc, csc, epilogue,
+            )
+        }
     {
         return;
     }
+    // A packed B exists only where the AVX-512 kernel runs, and it takes every row-major C.
+    assert!(packed_b.is_none(), "sgemm: a packed B without its kernel");
     let _ = packed_a;
     let ((a, rsa, csa), (b, rsb, csb)) = (a, b);
     unsafe {
@@ -743,7 +828,7 @@ mod tests {
                 // SAFETY: every matrix is exactly its buffer.
                 unsafe {
                     sgemm_raw(
-                        m, k, n, 1.5, ap, ks, 1, None, bp, ns, 1, 0.0, cp, ns, 1, epilogue,
+                        m, k, n, 1.5, ap, ks, 1, None, bp, ns, 1, None, 0.0, cp, ns, 1, epilogue,
                     )
                 };
                 let what = format!("epilogue {m}×{k}×{n} relu6 {relu6}");
@@ -800,8 +885,65 @@ mod tests {
             let p = Some(&packed);
             let e = Epilogue::default();
             // SAFETY: every matrix is exactly its buffer.
-            unsafe { sgemm_raw(m, k, n, 1.0, ap, ks, 1, p, bp, ns, 1, 0.0, cp, ns, 1, e) };
+            unsafe {
+                sgemm_raw(
+                    m, k, n, 1.0, ap, ks, 1, p, bp, ns, 1, None, 0.0, cp, ns, 1, e,
+                )
+            };
             assert_close(&c, &expected, 1e-5, &format!("prepacked {m}×{k}×{n}"));
+        }
+    }
+
+    #[test]
+    fn prepacked_rhs_is_read_in_place_of_b() {
+        // Two inner blocks (k = 300 > KC), a last strip of 13 or 1 columns, and the threaded
+        // splits over columns (strip offsets into the packing) and over rows.
+        for (i, &[m, k, n]) in [[13, 7, 45], [130, 300, 45], [40, 300, 897], [300, 65, 257]]
+            .iter()
+            .enumerate()
+        {
+            let Some(layout) = RhsLayout::new(k, n) else {
+                eprintln!("note: no AVX-512 here: B is never prepacked");
+                return;
+            };
+            let mut r = rng(60 + i as u64);
+            let (a, b) = (rand_vec(&mut r, m * k), rand_vec(&mut r, k * n));
+            let mut buf = vec![f32::NAN; layout.len() + 16];
+            let skip = buf.as_ptr().align_offset(64);
+            let packed = &mut buf[skip..skip + layout.len()];
+            for (row, values) in b.chunks_exact(n).enumerate() {
+                layout.put_row(row, values, packed);
+            }
+            assert!(packed.iter().all(|v| v.is_finite()), "put_row left a gap");
+            let mut expected = vec![0.0; m * n];
+            reference::sgemm(m, k, n, 1.0, &a, k, 1, &b, n, 1, 0.0, &mut expected, n, 1);
+            let mut c = vec![f32::NAN; m * n];
+            let pb = Some(PackedRhs::new(layout, packed));
+            let (ks, ns, e) = (k as isize, n as isize, Epilogue::default());
+            let (ap, cp, bp) = (a.as_ptr(), c.as_mut_ptr(), std::ptr::null());
+            // SAFETY: A and C are exactly their buffers; B is only read through its packing.
+            unsafe {
+                sgemm_raw(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    ap,
+                    ks,
+                    1,
+                    None,
+                    bp,
+                    0,
+                    0,
+                    pb.as_ref(),
+                    0.0,
+                    cp,
+                    ns,
+                    1,
+                    e,
+                )
+            };
+            assert_close(&c, &expected, 1e-5, &format!("packed B {m}×{k}×{n}"));
         }
     }
 

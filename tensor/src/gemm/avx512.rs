@@ -7,14 +7,15 @@
 //! packed into strips of NR columns) → MC rows of A (packed into strips of MR rows, alpha
 //! applied) → NR strip (stays in L1) → MR strip (streams from L2) → micro-kernel; for short
 //! inner blocks the last two swap. A is not packed when it comes prepacked ([`PackedLhs`]) or
-//! would be used only once. Edge tiles run the same kernel instantiated for fewer rows (one per
+//! would be used only once; B is not packed when its producer wrote it in the packed layout
+//! ([`PackedRhs`]: im2col does, sparing a pass over the whole column matrix). Edge tiles run the same kernel instantiated for fewer rows (one per
 //! count, so no work is wasted on padding) and masked stores for fewer columns. The epilogue
 //! (bias, ReLU6) is applied in the stores of the last inner block.
 
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::{Epilogue, PackedLhs, Strided, TILE_COLS as NR, TILE_ROWS as MR};
+use super::{Epilogue, PackedLhs, PackedRhs, Strided, TILE_COLS as NR, TILE_ROWS as MR};
 
 // Micro-tiles are MR = 12 rows × NR = 32 columns (two zmm vectors) of C: 24 accumulators, two
 // B vectors and a broadcast A element fill 27 of the 32 zmm registers.
@@ -54,14 +55,58 @@ fn with_buffer<R>(
     r
 }
 
+/// A and B of one product: each strided, or prepacked from the given row (A) / column (B) on.
+type Operands<'a> = (
+    Strided,
+    Option<(&'a PackedLhs, usize)>,
+    Strided,
+    Option<(&'a PackedRhs<'a>, usize)>,
+);
+
+/// Floats of a `k×n` B packed whole the way `row_major` packs its blocks: blocks of KC rows one
+/// after another, each in strips of NR columns of `kc` rows × NR contiguous floats, zero past
+/// column n.
+pub(super) fn rhs_len(k: usize, n: usize) -> usize {
+    k * n.next_multiple_of(NR)
+}
+
+/// Writes row `r` of B (`row`, n floats) into `dst` in that layout, each strip row as two masked
+/// vector loads and two stores (zeros past column n): no call per strip.
+///
+/// # Safety
+/// AVX-512 F present; `dst` holds [`rhs_len`] floats and `r < k`.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn put_rhs_row(k: usize, n: usize, r: usize, row: &[f32], dst: &mut [f32]) {
+    for (s, chunk) in row.chunks(NR).enumerate() {
+        let at = rhs_offset(k, n, r, s * NR);
+        let strip = &mut dst[at..at + NR];
+        let (lo, hi) = (mask(chunk.len()), mask(chunk.len().saturating_sub(16)));
+        // SAFETY: the masked loads read only `chunk`'s floats; the stores write `strip`'s NR.
+        unsafe {
+            let src = chunk.as_ptr();
+            let v0 = _mm512_maskz_loadu_ps(lo, src);
+            let v1 = _mm512_maskz_loadu_ps(hi, src.wrapping_add(16));
+            _mm512_storeu_ps(strip.as_mut_ptr(), v0);
+            _mm512_storeu_ps(strip.as_mut_ptr().add(16), v1);
+        }
+    }
+}
+
+/// Offset of row `r`, column `j` (a multiple of NR) in that layout.
+pub(super) fn rhs_offset(k: usize, n: usize, r: usize, j: usize) -> usize {
+    let pc = r / KC * KC;
+    pc * n.next_multiple_of(NR) + j / NR * KC.min(k - pc) * NR + (r - pc) * NR
+}
+
 /// True when this CPU runs the kernels here (AVX-512 F, not disabled by `DEPTHSHRINK_NO_SIMD`).
 pub(super) fn available() -> bool {
     crate::simd::avx512()
 }
 
 /// C = alpha·A·B + beta·C and the epilogue: the contract of [`super::sgemm_raw`] without its
-/// parallel split (`packed_a` holds A from the given row on). Returns false (and does nothing)
-/// when C has unit stride in neither direction, or only by columns with an epilogue to apply.
+/// parallel split (`packed_a` holds A from the given row on, `packed_b` B from the given column
+/// on). Returns false (and does nothing) when C has unit stride in neither direction, or only by
+/// columns with an epilogue to apply or a prepacked B.
 ///
 /// # Safety
 /// As [`super::sgemm_raw`], and [`available`] must be true.
@@ -74,19 +119,22 @@ pub(super) unsafe fn sgemm(
     a: Strided,
     packed_a: Option<(&PackedLhs, usize)>,
     b: Strided,
+    packed_b: Option<(&PackedRhs, usize)>,
     beta: f32,
     c: *mut f32,
     rsc: isize,
     csc: isize,
     epilogue: Epilogue,
 ) -> bool {
+    let operands = (a, packed_a, b, packed_b);
     // SAFETY (both calls): the caller's contract; AVX-512 F is present.
     if csc == 1 {
-        unsafe { row_major(m, k, n, alpha, a, packed_a, b, beta, c, rsc, epilogue) };
-    } else if rsc == 1 && epilogue.is_noop() {
+        unsafe { row_major(m, k, n, alpha, operands, beta, c, rsc, epilogue) };
+    } else if rsc == 1 && epilogue.is_noop() && packed_b.is_none() {
         // Cᵀ (n×m, row-major) = Bᵀ·Aᵀ.
         let t = |(p, rs, cs): Strided| (p, cs, rs);
-        unsafe { row_major(n, k, m, alpha, t(b), None, t(a), beta, c, csc, epilogue) };
+        let operands = (t(b), None, t(a), None);
+        unsafe { row_major(n, k, m, alpha, operands, beta, c, csc, epilogue) };
     } else {
         return false;
     }
@@ -100,14 +148,13 @@ unsafe fn row_major(
     k: usize,
     n: usize,
     alpha: f32,
-    a: Strided,
-    packed_a: Option<(&PackedLhs, usize)>,
-    b: Strided,
+    (a, packed_a, b, packed_b): Operands,
     beta: f32,
     c: *mut f32,
     ldc: isize,
     epilogue: Epilogue,
 ) {
+    assert!(packed_b.is_none_or(|(p, _)| p.layout.k == k && p.layout.n >= n));
     // A prepacked A (alpha 1) replaces packing when its row strips line up with this call's.
     let packed = packed_a.filter(|&(p, r0)| {
         alpha == 1.0
@@ -125,7 +172,12 @@ unsafe fn row_major(
     } else {
         kc_max * m.min(MC).next_multiple_of(MR)
     };
-    with_buffer(&PACK_B, kc_max * n.min(NC).next_multiple_of(NR), |bp| {
+    let b_floats = if packed_b.is_some() {
+        0
+    } else {
+        kc_max * n.min(NC).next_multiple_of(NR)
+    };
+    with_buffer(&PACK_B, b_floats, |b_buf| {
         with_buffer(&PACK_A, a_floats, |ap| {
             for jc in (0..n).step_by(NC) {
                 let nc = NC.min(n - jc);
@@ -139,8 +191,14 @@ unsafe fn row_major(
                     // contract; the buffers hold kc_max·(nc, mc rounded up to whole strips);
                     // a packed A holds `p.m` rows in blocks of KC columns (see `pack_lhs`).
                     unsafe {
-                        let bsrc = b.0.offset(pc as isize * b.1 + jc as isize * b.2);
-                        pack_b(kc, nc, (bsrc, b.1, b.2), bp);
+                        let bp = match packed_b {
+                            Some((p, j0)) => p.block(pc, j0 + jc),
+                            None => {
+                                let bsrc = b.0.offset(pc as isize * b.1 + jc as isize * b.2);
+                                pack_b(kc, nc, (bsrc, b.1, b.2), b_buf);
+                                b_buf.cast_const()
+                            }
+                        };
                         for ic in (0..m).step_by(MC) {
                             let mc = MC.min(m - ic);
                             let asrc = a.0.offset(ic as isize * a.1 + pc as isize * a.2);
