@@ -16,7 +16,9 @@ use std::mem::MaybeUninit;
 use rayon::prelude::*;
 
 use crate::elementwise::as_uninit;
-use crate::gemm::{Epilogue, PackedLhs, PackedRhs, RhsLayout, SendPtr, extent, sgemm, sgemm_raw};
+use crate::gemm::{
+    Epilogue, PackedLhs, PackedRhs, RhsLayout, SendPtr, TILE_COLS, extent, sgemm, sgemm_raw,
+};
 use crate::{Result, Tensor, TensorError};
 use crate::{depthwise, simd};
 
@@ -155,6 +157,9 @@ const TASKS_PER_THREAD: usize = 4;
 /// Output positions below which a tile is not narrowed, for parallelism or the budget: each
 /// tile's GEMM packs the weight again, and narrower ones lose more to that than they gain.
 const MIN_TILE: usize = 256;
+
+/// Columns a small-map product aims at ([`forward_small_maps`]): four micro-tiles wide.
+const WIDE_PRODUCT: usize = 128;
 
 /// y = conv(x, w) + bias, NCHW. Bias, when given, has shape `[cout]`.
 pub fn conv2d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, p: ConvParams) -> Result<Tensor> {
@@ -465,6 +470,9 @@ fn forward_uninit(
         return depthwise::forward(x, w, bias, relu6, y, g);
     }
     let d = Dims::new(g);
+    if let Some(imgs) = images_per_product(g, &d) {
+        return forward_small_maps(x, (w, packed), bias, relu6, y, g, &d, imgs);
+    }
     let col_rows = if d.pointwise { 0 } else { d.kc };
     let stream = streams(y.len());
     let tile = d.tile(
@@ -522,6 +530,100 @@ fn forward_uninit(
 enum Rhs<'a> {
     Strided(&'a [f32], usize),
     Packed(PackedRhs<'a>),
+}
+
+/// How many images share one product's columns in [`forward_small_maps`], for maps narrower
+/// than the GEMM's micro-tile (`None`: one product per image, the usual path).
+fn images_per_product(g: &ConvGeom, d: &Dims) -> Option<usize> {
+    if g.groups != 1 || d.ohw >= TILE_COLS || g.n < 2 || RhsLayout::new(d.kc, d.ohw).is_none() {
+        return None;
+    }
+    let per_thread = g.n.div_ceil(rayon::current_num_threads().max(1));
+    let imgs = (WIDE_PRODUCT / d.ohw).min(per_thread);
+    (imgs > 1).then_some(imgs)
+}
+
+/// Forward pass for maps smaller than the GEMM's micro-tile (32 columns): one image's product
+/// would fill only `ohw` of them (a 1×1 map: one), which wastes most of every tile and, for
+/// a merged block's dense conv with its 9× deeper inner dimension, made merging a loss on small
+/// maps. Each task puts `imgs` images side by side in the columns of one product, written
+/// straight into the kernel's packed layout, computes it (epilogue included) into scratch and
+/// copies each row's per-image segments to their NCHW planes. The sums are those of the
+/// one-image path, term for term.
+#[allow(clippy::too_many_arguments)]
+fn forward_small_maps(
+    x: &[f32],
+    (w, packed): (&[f32], Option<&[PackedLhs]>),
+    bias: Option<&[f32]>,
+    relu6: bool,
+    y: &mut [MaybeUninit<f32>],
+    g: &ConvGeom,
+    d: &Dims,
+    imgs: usize,
+) {
+    let y = SendPtr::new(y.as_mut_ptr().cast::<f32>());
+    let epilogue = Epilogue { bias, relu6 };
+    run_tasks(g.n.div_ceil(imgs), |t| {
+        let images = t * imgs..((t + 1) * imgs).min(g.n);
+        let cols = images.len() * d.ohw;
+        let layout = RhsLayout::new(d.kc, cols).expect("images_per_product checked the layout");
+        let (col_len, out_len) = (layout.len(), g.cout * cols);
+        with_scratch(LINE + col_len + out_len + cols, |buf| {
+            // A packed B is read with aligned loads: it starts on a cache line of the scratch.
+            let skip = buf.as_ptr().align_offset(4 * LINE).min(LINE);
+            let (col, rest) = buf[skip..].split_at_mut(col_len);
+            let (out, row) = rest.split_at_mut(out_len);
+            let row = &mut row[..cols];
+            for k in 0..d.kc {
+                let (c, tap) = (k / d.kk, k % d.kk);
+                for (seg, img) in row.chunks_exact_mut(d.ohw).zip(images.clone()) {
+                    let plane = &x[(img * g.cin + c) * d.hw..][..d.hw];
+                    if d.pointwise {
+                        seg.iter_mut().zip(plane).for_each(|(o, v)| *o = *v);
+                    } else {
+                        col_row(plane, g, d, 0, (tap / g.k, tap % g.k), seg);
+                    }
+                }
+                layout.put_row(k, row, col);
+            }
+            let b = PackedRhs::new(layout, col);
+            let (kc, n) = (d.kc as isize, cols as isize);
+            let a = packed.map(|p| &p[0]);
+            // SAFETY: W is cout×kc row-major (its length was checked), B is the packed operand
+            // and C this task's scratch of cout×cols floats.
+            unsafe {
+                sgemm_raw(
+                    g.cout,
+                    d.kc,
+                    cols,
+                    1.0,
+                    w.as_ptr(),
+                    kc,
+                    1,
+                    a,
+                    std::ptr::null(),
+                    0,
+                    0,
+                    Some(&b),
+                    0.0,
+                    out.as_mut_ptr(),
+                    n,
+                    1,
+                    epilogue,
+                )
+            };
+            for (co, out_row) in out.chunks_exact(cols).enumerate() {
+                for (seg, img) in out_row.chunks_exact(d.ohw).zip(images.clone()) {
+                    // SAFETY: plane (img, co) lies inside `y` (its length was checked) and only
+                    // this task, which owns image `img`, writes it.
+                    unsafe {
+                        let dst = y.get().add((img * g.cout + co) * d.ohw);
+                        std::ptr::copy_nonoverlapping(seg.as_ptr(), dst, d.ohw)
+                    };
+                }
+            }
+        });
+    });
 }
 
 /// Where a task's `rows×len` output block goes: row stride `ld` from `out`, computed in place, or
@@ -1186,6 +1288,25 @@ mod tests {
     }
 
     #[test]
+    fn small_maps_share_one_product() {
+        // Outputs narrower than the GEMM's micro-tile put several images side by side in one
+        // product: pointwise and k×k, stride 1 and 2, 1×1 to 5×5 outputs, image counts that
+        // leave a short last group, weights taller than one row strip.
+        for (i, case) in [
+            [5, 8, 20, 1, 1, 1, 1, 0, 1],
+            [33, 7, 13, 2, 2, 3, 1, 1, 1],
+            [9, 16, 24, 4, 4, 1, 1, 0, 1],
+            [6, 5, 30, 9, 9, 3, 2, 1, 1],
+            [3, 4, 6, 5, 5, 3, 1, 1, 1],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            check(case, 80 + i as u64);
+        }
+    }
+
+    #[test]
     fn prepacked_weights_match_plain_ones() {
         let mut r = rng(77);
         // (n, cin, h, w, cout, k, stride, pad, groups): 1×1, im2col, grouped, odd sizes.
@@ -1194,6 +1315,9 @@ mod tests {
             (2, 13, 9, 11, 30, 3, 2, 1, 1),
             (1, 12, 5, 5, 18, 3, 1, 1, 3),
             (3, 7, 13, 13, 25, 1, 1, 0, 1),
+            // Small maps: several images per product.
+            (4, 160, 1, 1, 96, 1, 1, 0, 1),
+            (5, 24, 4, 4, 30, 3, 1, 1, 1),
         ] {
             let p = ConvParams::new(stride, pad, groups);
             let x = tensor(&mut r, &[n, cin, h, w]);
