@@ -414,11 +414,11 @@ thread_local! {
     static SCRATCH: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's reusable scratch buffer of `len` floats (contents unspecified).
-/// Taken out of its cell for the call, so even a re-entrant use could not alias it.
 /// Floats per cache line.
 const LINE: usize = simd::LINE_FLOATS;
 
+/// Runs `f` on this thread's reusable scratch buffer of `len` floats (contents unspecified).
+/// Taken out of its cell for the call, so even a re-entrant use could not alias it.
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let mut buf = SCRATCH.take();
     if buf.len() < len {
@@ -427,6 +427,16 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     let r = f(&mut buf[..len]);
     SCRATCH.set(buf);
     r
+}
+
+/// [`with_scratch`] split in two: `col` floats starting on a cache line (a packed GEMM operand,
+/// which the kernel reads with aligned loads), then `rest` floats.
+fn with_col_scratch<R>(col: usize, rest: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    with_scratch(LINE + col + rest, |buf| {
+        let skip = buf.as_ptr().align_offset(4 * LINE).min(LINE);
+        let (col, tail) = buf[skip..].split_at_mut(col);
+        f(col, &mut tail[..rest])
+    })
 }
 
 fn check_lens(g: &ConvGeom, x: usize, w: usize, y: usize) {
@@ -481,7 +491,6 @@ fn forward_uninit(
     );
     // im2col writes its columns straight into the GEMM kernel's packed layout where there is
     // one, so the product skips packing them (a pass over the whole column matrix).
-    let layout = |len: usize| RhsLayout::new(d.kc, len).filter(|_| !d.pointwise);
     let tiles = d.ohw.div_ceil(tile);
     let y = SendPtr::new(y.as_mut_ptr().cast::<f32>());
     run_tasks(g.n * g.groups * tiles, |t| {
@@ -496,17 +505,16 @@ fn forward_uninit(
         };
         let y0 = (img * g.cout + grp * d.cout_g) * d.ohw + p0;
         let out_rows = if stream { d.cout_g } else { 0 };
-        // A packed B is read with aligned loads: it starts on a cache line of the scratch.
-        let (col_len, slack) = layout(len).map_or((col_rows * len, 0), |l| (l.len(), LINE));
-        with_scratch(slack + col_len + out_rows * len, |buf| {
-            let skip = buf.as_ptr().align_offset(4 * LINE).min(slack);
-            let (col, out) = buf[skip..].split_at_mut(col_len);
+        let layout = RhsLayout::new(d.kc, len).filter(|_| !d.pointwise);
+        let col_len = layout.map_or(col_rows * len, |l| l.len());
+        with_col_scratch(col_len, len + out_rows * len, |col, rest| {
+            let (row, out) = rest.split_at_mut(len);
             let (r0, nr) = (p0 / d.ow, len / d.ow);
             let b = if d.pointwise {
                 prefetch(&xg[p0..], d.cin_g, len, d.hw);
                 Rhs::Strided(&xg[p0..], d.hw)
-            } else if let Some(l) = layout(len) {
-                im2col_packed(xg, g, &d, r0, nr, l, col);
+            } else if let Some(l) = layout {
+                im2col_packed([xg].into_iter(), g, &d, (r0, nr), (l, col), row);
                 Rhs::Packed(PackedRhs::new(l, col))
             } else {
                 im2col(xg, g, &d, r0, nr, col);
@@ -567,25 +575,12 @@ fn forward_small_maps(
         let images = t * imgs..((t + 1) * imgs).min(g.n);
         let cols = images.len() * d.ohw;
         let layout = RhsLayout::new(d.kc, cols).expect("images_per_product checked the layout");
-        let (col_len, out_len) = (layout.len(), g.cout * cols);
-        with_scratch(LINE + col_len + out_len + cols, |buf| {
-            // A packed B is read with aligned loads: it starts on a cache line of the scratch.
-            let skip = buf.as_ptr().align_offset(4 * LINE).min(LINE);
-            let (col, rest) = buf[skip..].split_at_mut(col_len);
-            let (out, row) = rest.split_at_mut(out_len);
-            let row = &mut row[..cols];
-            for k in 0..d.kc {
-                let (c, tap) = (k / d.kk, k % d.kk);
-                for (seg, img) in row.chunks_exact_mut(d.ohw).zip(images.clone()) {
-                    let plane = &x[(img * g.cin + c) * d.hw..][..d.hw];
-                    if d.pointwise {
-                        seg.iter_mut().zip(plane).for_each(|(o, v)| *o = *v);
-                    } else {
-                        col_row(plane, g, d, 0, (tap / g.k, tap % g.k), seg);
-                    }
-                }
-                layout.put_row(k, row, col);
-            }
+        with_col_scratch(layout.len(), cols + g.cout * cols, |col, rest| {
+            let (row, out) = rest.split_at_mut(cols);
+            let inputs = images
+                .clone()
+                .map(|img| &x[img * g.cin * d.hw..][..g.cin * d.hw]);
+            im2col_packed(inputs, g, d, (0, d.ohw / d.ow), (layout, col), row);
             let b = PackedRhs::new(layout, col);
             let (kc, n) = (d.kc as isize, cols as isize);
             let a = packed.map(|p| &p[0]);
@@ -1000,23 +995,32 @@ fn im2col(x: &[f32], g: &ConvGeom, d: &Dims, r0: usize, nr: usize, col: &mut [f3
     }
 }
 
-/// [`im2col`] written through `layout` (the GEMM kernel's packing of the `kc×len` column matrix)
-/// into `dst`.
-fn im2col_packed(
-    x: &[f32],
+/// [`im2col`] of output rows `[r0, r0 + nr)` for one or more images side by side (each image's
+/// `nr·ow` columns after the previous one's), written through `layout` (the GEMM kernel's
+/// packing) into `dst`; a pointwise conv's rows are the input planes themselves. Each item of
+/// `images` holds one image's `cin_g` input planes; `row` is scratch for one matrix row.
+fn im2col_packed<'x>(
+    images: impl Iterator<Item = &'x [f32]> + Clone,
     g: &ConvGeom,
     d: &Dims,
-    r0: usize,
-    nr: usize,
-    layout: RhsLayout,
-    dst: &mut [f32],
+    (r0, nr): (usize, usize),
+    (layout, dst): (RhsLayout, &mut [f32]),
+    row: &mut [f32],
 ) {
-    let mut row = vec![0.0; nr * d.ow];
-    for (c, plane) in x.chunks_exact(d.hw).enumerate() {
-        for t in 0..g.k * g.k {
-            col_row(plane, g, d, r0, (t / g.k, t % g.k), &mut row);
-            layout.put_row(c * g.k * g.k + t, &row, dst);
+    for k in 0..d.kc {
+        let (c, tap) = (k / d.kk, k % d.kk);
+        for (seg, planes) in row.chunks_exact_mut(nr * d.ow).zip(images.clone()) {
+            let plane = &planes[c * d.hw..][..d.hw];
+            if d.pointwise {
+                // Element by element: on 1×1 maps a segment is one float, not worth a memcpy call.
+                seg.iter_mut()
+                    .zip(&plane[r0 * d.ow..])
+                    .for_each(|(o, v)| *o = *v);
+            } else {
+                col_row(plane, g, d, r0, (tap / g.k, tap % g.k), seg);
+            }
         }
+        layout.put_row(k, row, dst);
     }
 }
 
