@@ -169,6 +169,23 @@ fn batch_norm_train_and_eval() {
         },
         &wide,
     );
+    // Statistics from the interior (a pad-first block's expand BN): the frame's values move
+    // only their own outputs.
+    let framed = BnOptions {
+        border: 1,
+        ..Default::default()
+    };
+    check(
+        |v| {
+            let (mut m, mut var) = (Tensor::zeros(&[3]), Tensor::full(&[3], 1.0));
+            ops::batch_norm_train(&v[0], &v[1], &v[2], &mut m, &mut var, framed)
+        },
+        &[
+            random(&mut rng, &[2, 3, 4, 5]),
+            random(&mut rng, &[3]),
+            random(&mut rng, &[3]),
+        ],
+    );
     check(
         |v| ops::batch_norm_eval(&v[0], &v[1], &v[2], &rm, &rv, 1e-5),
         &inputs,

@@ -140,6 +140,12 @@ impl BatchNorm2d {
 
     /// [`BatchNorm2d::forward`] then `act`; in training a ReLU6 runs inside the BN's own pass.
     pub fn forward_act(&mut self, x: &Var, ctx: &Ctx, act: Act) -> Result<Var> {
+        self.forward_framed(x, ctx, act, 0)
+    }
+
+    /// [`BatchNorm2d::forward_act`] on maps whose `border`-wide frame is padding: in training
+    /// the batch statistics come from the interior only.
+    pub fn forward_framed(&mut self, x: &Var, ctx: &Ctx, act: Act, border: usize) -> Result<Var> {
         let (g, b) = (self.weight.bind(ctx), self.bias.bind(ctx));
         if !ctx.train {
             let y =
@@ -150,6 +156,7 @@ impl BatchNorm2d {
             eps: self.eps,
             momentum: self.momentum,
             relu6: act == Act::Relu6,
+            border,
         };
         let (rm, rv) = (&mut self.running_mean, &mut self.running_var);
         let y = ops::batch_norm_train(x, &g, &b, rm, rv, opts)?;
@@ -266,10 +273,29 @@ impl ConvBn {
 
     /// Conv with zero padding `pad`, then BN (unless folded), then `act`.
     pub fn forward_padded(&mut self, x: &Var, ctx: &Ctx, pad: usize, act: Act) -> Result<Var> {
+        self.forward_framed(x, ctx, pad, act, 0)
+    }
+
+    /// A 1×1 conv and its BN on an input zero-padded by `border` (the expand of a pad-first
+    /// block): the BN's training statistics skip the padded frame, so they are those of the
+    /// unpadded map the pretrained statistics describe. Evaluation is unaffected (the BN is a
+    /// fixed affine map there).
+    pub fn forward_padded_input(&mut self, x: &Var, ctx: &Ctx, border: usize) -> Result<Var> {
+        self.forward_framed(x, ctx, self.conv.params.pad, Act::Identity, border)
+    }
+
+    fn forward_framed(
+        &mut self,
+        x: &Var,
+        ctx: &Ctx,
+        pad: usize,
+        act: Act,
+        border: usize,
+    ) -> Result<Var> {
         match (self.folded, ctx.train) {
             (false, _) => {
                 let y = self.conv.forward_padded(x, ctx, pad, Act::Identity)?;
-                self.bn.forward_act(&y, ctx, act)
+                self.bn.forward_framed(&y, ctx, act, border)
             }
             (true, false) => self.conv.forward_padded(x, ctx, pad, act),
             (true, true) => Err(TensorError::argument(

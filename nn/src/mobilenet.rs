@@ -111,12 +111,15 @@ impl InvertedResidual {
 
     /// Pad the input once, run the expand conv on the padded map and the depthwise conv with
     /// padding 0: the intermediate border then holds expand(0) = its bias, as in the merged conv.
+    /// In training the expand BN takes its statistics from the unpadded interior, as the
+    /// pretrained network's did (the padded zeros would shift them, most on 4×4 maps).
     fn forward_pad_first(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
         let expand = self
             .expand
             .as_mut()
             .expect("pad-first is only used for IR blocks");
-        let h = expand.forward(&ops::pad2d(x, self.spec.k / 2)?, ctx)?;
+        let p = self.spec.k / 2;
+        let h = expand.forward_padded_input(&ops::pad2d(x, p)?, ctx, p)?;
         let d = self.dw.forward_padded(&h, ctx, 0, Act::Identity)?;
         let out = self.project.forward(&d, ctx)?;
         let out = if self.spec.has_skip() {

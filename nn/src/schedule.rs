@@ -14,9 +14,9 @@
 //!
 //! As in timm, the decay is a function of `it` from 0, not of the time since warm-up ended: the
 //! warm-up overwrites the first `W` values of the curve, so with `W > 0` the peak is slightly
-//! below `lr`. The official loop sets the rate after the update of iteration `i`, so there
-//! iteration `i` trains with `lr(i − 1)` (and iteration 0 with `lr(0)`); `lr(it.saturating_sub(1))`
-//! reproduces that sequence exactly.
+//! below `lr`. The trainer runs iteration `it` at `lr(it)`. The official loop sets the rate
+//! after the update of iteration `i`, so there iteration `i` trains with `lr(i − 1)` (and
+//! iteration 0 with `lr(0)`): `lr(it.saturating_sub(1))` gives that sequence, one step behind.
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;

@@ -155,6 +155,34 @@ mod tests {
         assert!(b.linearised);
     }
 
+    /// A removed block runs its expand conv on a zero-padded input; in training its BN must
+    /// still see the statistics of the unpadded map, or finetuning starts from shifted
+    /// normalisations (16 of 36 values are interior on a 4×4 map).
+    #[test]
+    fn linearised_blocks_keep_their_training_statistics() {
+        let teacher = MobileNet::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 1);
+        let mut keep = vec![true; teacher.num_acts()];
+        keep[3] = false;
+        let (mut a, mut b) = (teacher.clone(), student(&teacher, &keep).unwrap());
+        let x = Var::constant(batch().images);
+        a.forward(&x, &Ctx::train(0)).unwrap();
+        b.forward(&x, &Ctx::train(0)).unwrap();
+        let expand_bn = |net: &MobileNet| match &net.blocks[2] {
+            Block::Ir(block) => block.expand.as_ref().unwrap().bn.clone(),
+            Block::Merged(_) => panic!("block 2 is not merged"),
+        };
+        let (bn_a, bn_b) = (expand_bn(&a), expand_bn(&b));
+        assert_ne!(bn_a.running_mean, expand_bn(&teacher).running_mean);
+        for (u, v) in [
+            (&bn_a.running_mean, &bn_b.running_mean),
+            (&bn_a.running_var, &bn_b.running_var),
+        ] {
+            for (p, q) in u.data().iter().zip(v.data()) {
+                assert!((p - q).abs() <= 1e-5 * (1.0 + p.abs()), "{p} vs {q}");
+            }
+        }
+    }
+
     /// α = 0 is plain cross-entropy; α = 1 is the (different) soft term alone.
     #[test]
     fn distillation_blends_the_teacher_in() {

@@ -19,11 +19,15 @@ mod avx2;
 /// (`running = (1 − momentum)·running + momentum·batch`). Defaults are PyTorch's: 1e-5 and 0.1.
 /// `relu6` clamps the output to [0, 6] in the normalising pass: BN followed by ReLU6 in one
 /// pass over memory instead of two, and without keeping the BN output alive for the backward.
+/// `border` > 0 takes the batch statistics from each H×W plane without a border that wide
+/// (every element is still normalised): the expand BN of a pad-first block sees its input
+/// zero-padded, and its statistics should be those of the unpadded map it was trained on.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BnOptions {
     pub eps: f32,
     pub momentum: f32,
     pub relu6: bool,
+    pub border: usize,
 }
 
 impl Default for BnOptions {
@@ -32,7 +36,60 @@ impl Default for BnOptions {
             eps: 1e-5,
             momentum: 0.1,
             relu6: false,
+            border: 0,
         }
+    }
+}
+
+/// The part of each `h×w` plane the batch statistics come from: all of it but a `border`-wide
+/// frame (the whole plane when `border` is 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Region {
+    h: usize,
+    w: usize,
+    border: usize,
+}
+
+impl Region {
+    /// Checks that `x` has planes with an interior inside `border`.
+    fn of(op: &'static str, x: &Tensor, border: usize) -> Result<Region> {
+        let (h, w) = match *x.shape() {
+            [_, _, h, w] => (h, w),
+            [_, _] => (1, 1),
+            _ => return Err(TensorError::shape(op, "expected N×C×H×W or N×C")),
+        };
+        if border > 0 && (h <= 2 * border || w <= 2 * border) {
+            return Err(TensorError::argument(
+                op,
+                format!("a {border}-wide border leaves no interior in {h}×{w} planes"),
+            ));
+        }
+        Ok(Region { h, w, border })
+    }
+
+    /// Elements of a plane the statistics come from.
+    fn len(&self) -> usize {
+        (self.h - 2 * self.border) * (self.w - 2 * self.border)
+    }
+
+    /// The interior of `plane` as row segments (the whole plane as one when there is no border).
+    fn rows<'a>(&self, plane: &'a [f32]) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let Region { h, w, border: b } = *self;
+        let (rows, cols, first, pitch) = match b {
+            0 => (1, h * w, 0, 0),
+            _ => (h - 2 * b, w - 2 * b, b * w + b, w),
+        };
+        (0..rows).map(move |r| &plane[first + r * pitch..][..cols])
+    }
+
+    /// Indices of a plane outside the interior, in order (none when there is no border).
+    fn frame(&self) -> impl Iterator<Item = usize> {
+        let Region { h, w, border: b } = *self;
+        let len = if b == 0 { 0 } else { h * w };
+        (0..len).filter(move |&j| {
+            let (r, c) = (j / w, j % w);
+            r < b || r >= h - b || c < b || c >= w - b
+        })
     }
 }
 
@@ -51,6 +108,8 @@ fn out_range(relu6: bool) -> (f32, f32) {
 pub struct BatchStats {
     pub mean: Tensor,
     pub inv_std: Tensor,
+    /// Where in each plane the statistics came from.
+    region: Region,
     /// With `relu6`: the per-channel scale and shift the output was computed with, so that the
     /// backward recomputes the clamp's mask from x (bit for bit the mask of the output) instead
     /// of reading the whole output again.
@@ -134,6 +193,7 @@ fn to_f32(v: &[f64]) -> Vec<f32> {
 /// `running_mean` / `running_var` in place (the latter with the unbiased variance
 /// `n/(n−1)·var`, as PyTorch does). Nothing is modified
 /// when an error is returned. Like PyTorch, refuses a channel with a single value (N·H·W = 1).
+/// With `opts.border`, the statistics (and the running ones) come from the planes' interiors.
 pub fn forward_train(
     x: &Tensor,
     gamma: &Tensor,
@@ -159,7 +219,9 @@ pub fn forward_train(
             format!("momentum must be in [0, 1], got {}", opts.momentum),
         ));
     }
-    let count = n * hw;
+    let region = Region::of(OP, x, opts.border)?;
+    let inner = region.len();
+    let count = n * inner;
     if count < 2 {
         return Err(TensorError::argument(
             OP,
@@ -170,20 +232,20 @@ pub fn forward_train(
         ));
     }
 
-    // Per plane: its mean and Σ(x − plane mean)²; the second pass reads the plane from cache.
-    // The deviations use the f32-rounded mean m32; Σ(x − m32)² = M2 + hw·(m − m32)² exactly,
-    // so that term is taken back out.
+    // Per plane (interior): its mean and Σ(x − plane mean)²; the second pass reads the plane
+    // from cache. The deviations use the f32-rounded mean m32, and
+    // Σ(x − m32)² = M2 + inner·(m − m32)² exactly, so that term is taken back out.
     let (xd, path) = (x.data(), Path::detect());
     let parts = per_plane(n * c, hw, |p| {
         let plane = &xd[p * hw..(p + 1) * hw];
-        let m = path.sum(plane) / hw as f64;
+        let m = region.rows(plane).map(|r| path.sum(r)).sum::<f64>() / inner as f64;
         let m32 = m as f32;
         let shift = m - m32 as f64;
-        let m2 = path.sum_sq_dev(plane, m32) - hw as f64 * shift * shift;
-        (m, m2.max(0.0))
+        let sq: f64 = region.rows(plane).map(|r| path.sum_sq_dev(r, m32)).sum();
+        (m, (sq - inner as f64 * shift * shift).max(0.0))
     });
-    // Planes are equally sized, so the channel mean is the mean of plane means and
-    // M2 = Σ within-plane M2 + hw · Σ (plane mean − channel mean)².
+    // Interiors are equally sized, so the channel mean is the mean of plane means and
+    // M2 = Σ within-plane M2 + inner · Σ (plane mean − channel mean)².
     let plane_means: Vec<f64> = parts.iter().map(|&(m, _)| m).collect();
     let mean: Vec<f64> = fold_channels(&plane_means, c, 0.0, |a, b| a + b)
         .iter()
@@ -192,7 +254,7 @@ pub fn forward_train(
     let mut m2 = vec![0f64; c];
     for row in parts.chunks(c) {
         for ((acc, &(pm, pm2)), &cm) in m2.iter_mut().zip(row).zip(&mean) {
-            *acc += pm2 + hw as f64 * (pm - cm) * (pm - cm);
+            *acc += pm2 + inner as f64 * (pm - cm) * (pm - cm);
         }
     }
 
@@ -223,6 +285,7 @@ pub fn forward_train(
     let stats = BatchStats {
         mean: Tensor::from_vec(&[c], mean)?,
         inv_std: Tensor::from_vec(&[c], to_f32(&inv_std))?,
+        region,
         clamp: opts.relu6.then(|| Affine {
             scale,
             shift: beta.data().to_vec(),
@@ -238,6 +301,10 @@ pub fn forward_train(
 /// When the forward pass had `relu6` set, `dy` first goes back through the clamp (zero where
 /// the output is not strictly inside (0, 6), PyTorch's convention) inside the same two passes;
 /// the mask is recomputed from x, which both passes read anyway.
+///
+/// With statistics from the planes' interiors (`BnOptions::border`), the mean terms average
+/// over the interior and the frame's `dx` is the plain `γ·inv_std·dy`: its values are not in
+/// the statistics.
 pub fn backward_train(
     dy: &Tensor,
     x: &Tensor,
@@ -250,6 +317,12 @@ pub fn backward_train(
     check_vector(OP, "gamma", gamma, c)?;
     check_vector(OP, "stats.mean", &stats.mean, c)?;
     check_vector(OP, "stats.inv_std", &stats.inv_std, c)?;
+    if Region::of(OP, x, stats.region.border)? != stats.region {
+        return Err(TensorError::shape(
+            OP,
+            format!("x {:?} is not the forward's input", x.shape()),
+        ));
+    }
     let count = n * hw;
     if count == 0 {
         return Err(TensorError::shape(
@@ -292,8 +365,8 @@ fn train_grads<const RELU6: bool>(
     });
     let sums = fold_channels(&parts, c, (0.0, 0.0), |(a, b), (u, v)| (a + u, b + v));
 
-    // dx = g·k1 + (x − mean)·k2 + k3 per channel, g = dy through the clamp.
-    let inv_m = 1.0 / (n * hw) as f64;
+    // dx = g·k1 + (x − mean)·k2 + k3 per channel, g = dy through the clamp (g·k1 on the frame).
+    let inv_m = 1.0 / (n * stats.region.len()) as f64;
     let mut k = vec![[0f32; 3]; c];
     let mut dgamma = vec![0f32; c];
     let mut dbeta = vec![0f32; c];
@@ -314,7 +387,12 @@ fn train_grads<const RELU6: bool>(
         let planes = out.chunks_mut(hw).zip(dyd[r.clone()].chunks(hw));
         for (i, ((o, g), xp)) in planes.zip(xd[r].chunks(hw)).enumerate() {
             let ch = (p0 + i) % c;
-            path.dx::<RELU6>(o, g, xp, k[ch], mean[ch], affine(ch));
+            let (m, map) = (mean[ch], affine(ch));
+            path.dx::<RELU6>(o, g, xp, k[ch], m, map);
+            let frame_k = [k[ch][0], 0.0, 0.0];
+            for j in stats.region.frame() {
+                o[j].write(dx_value::<RELU6>(g[j], xp[j], frame_k, m, map));
+            }
         }
     });
     (dx, dgamma, dbeta)
@@ -835,12 +913,20 @@ mod tests {
         assert!(
             forward_train(&Tensor::zeros(&[2, 3, 4]), &v3, &v3, &mut rm, &mut rv, opts).is_err()
         );
+        // A border that leaves no interior: 2×2 planes, and N×C inputs (1×1 "planes").
+        let framed = BnOptions { border: 1, ..opts };
+        assert!(forward_train(&x, &v3, &v3, &mut rm, &mut rv, framed).is_err());
+        let flat = Tensor::zeros(&[8, 3]);
+        assert!(forward_train(&flat, &v3, &v3, &mut rm, &mut rv, framed).is_err());
         assert_eq!(rm, Tensor::zeros(&[3]));
         assert_eq!(rv, Tensor::full(&[3], 1.0));
 
         let (_, stats) = forward_train(&x, &v3, &v3, &mut rm, &mut rv, opts).unwrap();
         assert!(backward_train(&Tensor::zeros(&[2, 3, 2, 1]), &x, &v3, &stats).is_err());
         assert!(backward_train(&x, &x, &Tensor::zeros(&[2]), &stats).is_err());
+        // Same element count, other planes: the statistics' region does not fit.
+        let other = Tensor::zeros(&[2, 3, 1, 4]);
+        assert!(backward_train(&other, &other, &v3, &stats).is_err());
         assert!(forward_eval(&x, &v3, &v3, &rm, &Tensor::zeros(&[2]), 1e-5).is_err());
         assert!(backward_eval(&x, &v3, &v3, f32::NAN).is_err());
         assert!(fold_to_affine(&v3, &v3, &v3, &Tensor::zeros(&[1]), 1e-5).is_err());

@@ -1,20 +1,21 @@
 //! Reference twin of `crate::batchnorm`: the definitions as plain f64 loops over `[n, c, hw]`,
-//! plus the property tests comparing the fast kernels against them.
+//! plus the property tests comparing the fast kernels against them. `inside[j]` says whether
+//! element j of a plane enters the batch statistics (all of them unless a border is excluded).
 
-/// Biased batch mean and variance per channel.
-fn stats(x: &[f32], [n, c, hw]: [usize; 3]) -> (Vec<f64>, Vec<f64>) {
-    let count = (n * hw) as f64;
+/// Biased batch mean and variance per channel, over the elements `inside` marks.
+fn stats(x: &[f32], [n, c, hw]: [usize; 3], inside: &[bool]) -> (Vec<f64>, Vec<f64>) {
+    let count = (n * inside.iter().filter(|&&v| v).count()) as f64;
     let mut mean = vec![0f64; c];
     let mut var = vec![0f64; c];
     for ch in 0..c {
         for i in 0..n {
-            for j in 0..hw {
+            for j in (0..hw).filter(|&j| inside[j]) {
                 mean[ch] += x[(i * c + ch) * hw + j] as f64;
             }
         }
         mean[ch] /= count;
         for i in 0..n {
-            for j in 0..hw {
+            for j in (0..hw).filter(|&j| inside[j]) {
                 let d = x[(i * c + ch) * hw + j] as f64 - mean[ch];
                 var[ch] += d * d;
             }
@@ -28,13 +29,14 @@ fn stats(x: &[f32], [n, c, hw]: [usize; 3]) -> (Vec<f64>, Vec<f64>) {
 pub(crate) fn forward_train(
     x: &[f32],
     dims: [usize; 3],
+    inside: &[bool],
     gamma: &[f32],
     beta: &[f32],
     eps: f64,
 ) -> (Vec<f32>, Vec<f64>, Vec<f64>, Vec<f64>) {
     let [n, c, hw] = dims;
-    let (mean, var) = stats(x, dims);
-    let count = (n * hw) as f64;
+    let (mean, var) = stats(x, dims, inside);
+    let count = (n * inside.iter().filter(|&&v| v).count()) as f64;
     let unbiased = var.iter().map(|v| v * count / (count - 1.0)).collect();
     let mut y = vec![0f32; x.len()];
     for i in 0..n {
@@ -50,17 +52,19 @@ pub(crate) fn forward_train(
 }
 
 /// Training backward by the chain rule through var and mean (the textbook derivation, not the
-/// simplified closed form the fast kernel uses): `(dx, dgamma, dbeta)`.
+/// simplified closed form the fast kernel uses): `(dx, dgamma, dbeta)`. Every output depends on
+/// the statistics; only the elements `inside` marks determine them.
 pub(crate) fn backward_train(
     dy: &[f32],
     x: &[f32],
     dims: [usize; 3],
+    inside: &[bool],
     gamma: &[f32],
     eps: f64,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let [n, c, hw] = dims;
-    let (mean, var) = stats(x, dims);
-    let m = (n * hw) as f64;
+    let (mean, var) = stats(x, dims, inside);
+    let m = (n * inside.iter().filter(|&&v| v).count()) as f64;
     let mut dx = vec![0f32; x.len()];
     let (mut dgamma, mut dbeta) = (vec![0f32; c], vec![0f32; c]);
     for ch in 0..c {
@@ -74,7 +78,9 @@ pub(crate) fn backward_train(
                 let dxhat = g_out * g;
                 dvar += dxhat * d * -0.5 * inv.powi(3);
                 dmean += -dxhat * inv;
-                sum_dev += -2.0 * d;
+                if inside[j] {
+                    sum_dev += -2.0 * d;
+                }
                 dg += g_out * d * inv;
                 db += g_out;
             }
@@ -84,7 +90,12 @@ pub(crate) fn backward_train(
             for j in 0..hw {
                 let d = x[at(i, j)] as f64 - mean[ch];
                 let dxhat = dy[at(i, j)] as f64 * g;
-                dx[at(i, j)] = (dxhat * inv + dvar * 2.0 * d / m + dmean / m) as f32;
+                let through_stats = if inside[j] {
+                    dvar * 2.0 * d / m + dmean / m
+                } else {
+                    0.0
+                };
+                dx[at(i, j)] = (dxhat * inv + through_stats) as f32;
             }
         }
         dgamma[ch] = dg as f32;
@@ -137,6 +148,15 @@ mod tests {
         &[3, 2, 120, 100],
     ];
 
+    /// Statistics from the interior only: (shape, border), odd and non-square planes included.
+    const BORDERED: &[(&[usize], usize)] = &[
+        (&[3, 7, 7, 7], 1),
+        (&[2, 3, 5, 5], 2),
+        (&[2, 5, 9, 6], 1),
+        (&[4, 3, 3, 3], 1),
+        (&[6, 13, 23, 23], 2),
+    ];
+
     fn dims(shape: &[usize]) -> [usize; 3] {
         match *shape {
             [n, c] => [n, c, 1],
@@ -145,13 +165,30 @@ mod tests {
         }
     }
 
+    /// Which elements of a plane are inside a `border`-wide frame.
+    fn interior(shape: &[usize], border: usize) -> Vec<bool> {
+        let (h, w) = match *shape {
+            [_, _, h, w] => (h, w),
+            _ => (1, 1),
+        };
+        let inner = |i: usize, n: usize| i >= border && i < n - border;
+        (0..h * w)
+            .map(|j| inner(j / w, h) && inner(j % w, w))
+            .collect()
+    }
+
     /// With `relu6` the reference is BN, then ReLU6, then the two backwards in turn.
     #[test]
     fn training_matches_reference() {
         let mut r = rng(11);
-        let cases = SHAPES.iter().flat_map(|s| [(s, false), (s, true)]);
-        for (t, (&shape, relu6)) in cases.enumerate() {
+        let shapes = SHAPES
+            .iter()
+            .map(|&s| (s, 0))
+            .chain(BORDERED.iter().copied());
+        let cases = shapes.flat_map(|s| [(s, false), (s, true)]);
+        for (t, ((shape, border), relu6)) in cases.enumerate() {
             let d @ [_, c, _] = dims(shape);
+            let inside = interior(shape, border);
             let numel = shape.iter().product();
             // An offset mean stresses the variance computation. (Far larger offsets are tested
             // below: there the f32 mean handed to backward, as in PyTorch, limits dx and dγ.)
@@ -171,11 +208,12 @@ mod tests {
                 eps: 1e-3,
                 momentum: 0.3,
                 relu6,
+                border,
             };
             let (y, stats) =
                 batchnorm::forward_train(&x, &gamma, &beta, &mut rm, &mut rv, opts).unwrap();
             let (mut ry, mean, var, unbiased) =
-                super::forward_train(&xv, d, gamma.data(), beta.data(), 1e-3);
+                super::forward_train(&xv, d, &inside, gamma.data(), beta.data(), 1e-3);
             let mut rdy = dy.data().to_vec();
             if relu6 {
                 for (v, g) in ry.iter_mut().zip(&mut rdy) {
@@ -185,7 +223,7 @@ mod tests {
                     *v = v.clamp(0.0, 6.0);
                 }
             }
-            let what = |s: &str| format!("{s} {shape:?} relu6 {relu6}");
+            let what = |s: &str| format!("{s} {shape:?} border {border} relu6 {relu6}");
             assert_close(y.data(), &ry, 1e-5, &what("y"));
             let f32s = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<_>>();
             assert_close(stats.mean.data(), &f32s(mean.clone()), 1e-6, &what("mean"));
@@ -208,7 +246,7 @@ mod tests {
             );
 
             let g = batchnorm::backward_train(&dy, &x, &gamma, &stats).unwrap();
-            let (rdx, rdg, rdb) = super::backward_train(&rdy, &xv, d, gamma.data(), 1e-3);
+            let (rdx, rdg, rdb) = super::backward_train(&rdy, &xv, d, &inside, gamma.data(), 1e-3);
             assert_close(g.dx.data(), &rdx, 1e-5, &what("dx"));
             assert_close(g.dgamma.data(), &rdg, 1e-5, &what("dgamma"));
             assert_close(g.dbeta.data(), &rdb, 1e-5, &what("dbeta"));
@@ -261,12 +299,13 @@ mod tests {
         let opts = BnOptions {
             eps: 0.0,
             momentum: 1.0,
-            relu6: false,
+            ..Default::default()
         };
         let (_, stats) =
             batchnorm::forward_train(&x, &ones, &ones, &mut rm, &mut rv, opts).unwrap();
+        let inside = interior(&shape, 0);
         let (_, _, var, unbiased) =
-            super::forward_train(&xv, dims(&shape), ones.data(), ones.data(), 0.0);
+            super::forward_train(&xv, dims(&shape), &inside, ones.data(), ones.data(), 0.0);
         let inv: Vec<f32> = var.iter().map(|v| (1.0 / v.sqrt()) as f32).collect();
         assert_close(stats.inv_std.data(), &inv, 1e-5, "inv_std");
         let unbiased: Vec<f32> = unbiased.iter().map(|&v| v as f32).collect();
