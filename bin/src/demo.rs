@@ -1,6 +1,6 @@
 //! `depthshrink demo`: the whole method in one command. Pretrained network → latency table →
 //! search → finetune with self-distillation → merge → verify → benchmark, then one summary
-//! table. With no flags it runs on the built-in synthetic set with the built-in config, from
+//! table and a figure (`plot.svg`). With no flags it runs on the built-in synthetic set with the built-in config, from
 //! the shipped pretrained network (pretraining MobileNetV2 on that set takes longer than the
 //! demo's budget); `--data` and `--pretrained` run it on real data from a real checkpoint.
 
@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::args::write_json;
 use crate::finetune::finetune_stage;
+use crate::plot;
 use crate::search::{load_pretrained, print_output, read_latency, search_stage};
 use crate::train::{ConfigArgs, config_threads, load_config, pct, run_stage};
 
@@ -266,12 +267,34 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     print_summary(&summary);
     let path = out.join("summary.json");
     write_json(&path, &summary)?;
+    let figure = write_figure(&out, &search_dir, &finetune_dir, &table, before.top1)?;
     println!(
-        "wrote {} (every stage's run is in {})",
+        "wrote {} and {} (every stage's run is in {})",
         path.display(),
+        figure.display(),
         out.display()
     );
     Ok(())
+}
+
+/// `plot.svg`: the search and finetuning curves against the pretrained top-1, the gate
+/// scores, and the latency table.
+fn write_figure(
+    out: &Path,
+    search_dir: &Path,
+    finetune_dir: &Path,
+    table: &LatencyTable,
+    pretrained_top1: f64,
+) -> Result<PathBuf, String> {
+    let runs = [
+        plot::read_run(search_dir, "search")?,
+        plot::read_run(finetune_dir, "finetune")?,
+    ];
+    let tables = [("latency table".to_string(), table.clone())];
+    let reference = ("pretrained".to_string(), pretrained_top1);
+    let path = out.join("plot.svg");
+    plot::write(&path, &plot::render(&runs, &tables, Some(&reference))?)?;
+    Ok(path)
 }
 
 /// Measures the per-block latency table of `net`'s architecture and writes `latency.json`.

@@ -11,6 +11,7 @@ mod flops;
 mod infer;
 mod latency;
 mod merge;
+mod plot;
 mod search;
 mod train;
 
@@ -59,6 +60,8 @@ enum Command {
     Latency(latency::LatencyArgs),
     /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
     Flops(flops::FlopsArgs),
+    /// Draw training curves, search gate scores and latency tables as one SVG figure.
+    Plot(plot::PlotArgs),
     /// Inspect a dataset directory (or the built-in synthetic set).
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -99,6 +102,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Search(args) => search::run(&args, cli.threads),
         Command::Finetune(args) => finetune::run(&args, cli.threads),
         Command::Eval(args) => eval::run(&args),
+        Command::Plot(args) => plot::run(&args),
     }
 }
 

@@ -155,6 +155,8 @@ fn bad_inputs_fail_with_a_message_naming_the_problem() {
         ],
         "--width",
     );
+    // A run directory without metrics.
+    fails_with(&["plot", dir.to_str().unwrap()], "metrics.jsonl");
     // An unknown flag: clap's message and usage.
     fails_with(&["infer", "--wieghts", w], "--wieghts");
 }

@@ -139,6 +139,17 @@ fn demo_runs_every_stage_and_the_merged_network_keeps_the_accuracy() {
         .collect();
     assert_eq!(steps.len(), 4, "{metrics}");
     assert_eq!(steps[0]["gates"].as_array().unwrap().len(), 19);
+    // The figure: both stages' curves, the gate scores and the latency table.
+    let svg = std::fs::read_to_string(out.join("plot.svg")).unwrap();
+    for text in [
+        "search",
+        "finetune",
+        "pretrained",
+        "gate scores of search",
+        "latency table",
+    ] {
+        assert!(svg.contains(text), "{text} missing from plot.svg");
+    }
     // The merged file is self-describing: `eval` needs no architecture flags.
     ok(&["eval", "--weights", s(&out.join("merged.safetensors"))]);
     // Running the demo again reuses every finished stage.
