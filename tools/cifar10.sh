@@ -8,7 +8,7 @@
 #
 # Environment: DS (the binary, default target/release/depthshrink), DATA (CIFAR-10 as class
 # folders, default ../shared/data/cifar10), RUNS (default runs/c10), THREADS (default 2),
-# SEARCH_EPOCHS (2), FINETUNE_EPOCHS (15).
+# SEARCH_EPOCHS (2), FINETUNE_EPOCHS (10).
 # Wall time on 2 quiet cores: ~3.2 h of training, then ~2.5 h for the DepthShrinker stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +18,8 @@ DATA=${DATA:-../shared/data/cifar10}
 RUNS=${RUNS:-runs/c10}
 THREADS=${THREADS:-2}
 SEARCH_EPOCHS=${SEARCH_EPOCHS:-2}
-FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-15}
-STAGES=${STAGES:-train latency demo random eval}
+FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-10}
+STAGES=${STAGES:-train latency demo random eval plot}
 CONFIG=configs/cifar10-mbv2-w0.5.toml
 # The stages after pretraining learn at the config's lr / 5, as `demo` does by default.
 STAGE_LR=0.02
@@ -73,4 +73,15 @@ if wants eval; then
     for weights in "$RUNS/demo/merged.safetensors" "$RUNS/random-ft/last.safetensors"; do
         if [[ -f "$weights" ]]; then ds eval --weights "$weights" --data "$DATA"; fi
     done
+fi
+
+if wants plot; then
+    # The baseline's curves; DepthShrinker's finetuning against the random baseline's (the
+    # demo's own figure, $RUNS/demo/plot.svg, adds its search and latency table).
+    ds plot "$BASE" --out "$RUNS/baseline.svg"
+    runs=()
+    for run in "$RUNS/demo/finetune" "$RUNS/random-ft"; do
+        if [[ -f "$run/metrics.jsonl" ]]; then runs+=("$run"); fi
+    done
+    if (( ${#runs[@]} )); then ds plot "${runs[@]}" --out "$RUNS/finetune.svg"; fi
 fi
