@@ -82,13 +82,20 @@ impl Region {
         (0..rows).map(move |r| &plane[first + r * pitch..][..cols])
     }
 
-    /// Indices of a plane outside the interior, in order (none when there is no border).
+    /// Indices of a plane outside the interior, in order (none when there is no border): whole
+    /// rows at the top and bottom, `border` columns at each end of the rows between. Walked
+    /// row by row, never testing interior indices (a filter over the whole plane took 10% of a
+    /// finetuning step).
     fn frame(&self) -> impl Iterator<Item = usize> {
         let Region { h, w, border: b } = *self;
-        let len = if b == 0 { 0 } else { h * w };
-        (0..len).filter(move |&j| {
-            let (r, c) = (j / w, j % w);
-            r < b || r >= h - b || c < b || c >= w - b
+        let rows = if b == 0 { 0 } else { h };
+        (0..rows).flat_map(move |r| {
+            let (left, right) = if r < b || r >= h - b {
+                (0..w, 0..0)
+            } else {
+                (0..b, w - b..w)
+            };
+            left.chain(right).map(move |c| r * w + c)
         })
     }
 }
@@ -647,6 +654,31 @@ mod tests {
 
     fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
         Tensor::from_vec(shape, v).unwrap()
+    }
+
+    #[test]
+    fn the_frame_is_every_index_outside_the_interior_in_order() {
+        for (h, w, b) in [
+            (3, 3, 1),
+            (4, 7, 1),
+            (7, 4, 2),
+            (9, 9, 3),
+            (5, 5, 0),
+            (1, 1, 0),
+        ] {
+            let region = Region { h, w, border: b };
+            let naive: Vec<usize> = (0..if b == 0 { 0 } else { h * w })
+                .filter(|&j| {
+                    let (r, c) = (j / w, j % w);
+                    r < b || r >= h - b || c < b || c >= w - b
+                })
+                .collect();
+            assert_eq!(
+                region.frame().collect::<Vec<_>>(),
+                naive,
+                "{h}×{w} border {b}"
+            );
+        }
     }
 
     /// Two channels by hand: channel 0 holds {1, 3, 5, 7} (mean 4, biased var 5, unbiased 20/3),
