@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use depthshrink_nn::checkpoint::write_atomic;
 use depthshrink_shrinker::latency::LatencyTable;
+
+use crate::latency::read_table;
 use depthshrink_shrinker::train::{EpochMetrics, METRICS};
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
@@ -82,14 +84,6 @@ pub fn read_run(path: &Path, label: &str) -> Result<Run, String> {
         epochs: epochs.into_values().collect(),
         gates: gates.into_values().collect(),
     })
-}
-
-/// Reads a latency table written by `depthshrink latency --out` (or a demo's latency.json).
-pub fn read_table(path: &Path) -> Result<LatencyTable, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not a latency table: {e}", path.display()))
 }
 
 pub fn run(args: &PlotArgs) -> Result<(), String> {
@@ -184,6 +178,11 @@ pub fn render(
 
 fn draw_err(e: impl std::fmt::Display) -> String {
     format!("drawing the figure: {e}")
+}
+
+/// The smallest and largest of `values`.
+fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
 
 /// `lo..hi` widened by `pad` of its span on both sides (never empty).
@@ -303,7 +302,7 @@ fn accuracy_chart(
         .flat_map(|m| [Some(m.train_acc), m.val_acc])
         .flatten()
         .chain(reference.map(|r| r.1));
-    let (lo, hi) = values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (lo, hi) = bounds(values);
     let y = padded(100.0 * lo, 100.0 * hi, 0.08);
     let y = y.start.max(0.0)..y.end.min(100.0);
     let mut chart = epoch_chart(area, "top-1 (test bold, train faint)", runs, y, "%")?;
@@ -350,13 +349,7 @@ fn loss_chart(area: &DrawingArea<SVGBackend<'_>, Shift>, runs: &[Run]) -> Result
 fn gate_chart(area: &DrawingArea<SVGBackend<'_>, Shift>, run: &Run) -> Result<(), String> {
     let last = run.gates.last().expect("a search run has gate records");
     let kept = last.keep.iter().filter(|&&k| k == 1).count();
-    let (lo, hi) = run
-        .gates
-        .iter()
-        .flat_map(|r| &r.gates)
-        .fold((f64::MAX, f64::MIN), |(lo, hi), &g| {
-            (lo.min(g as f64), hi.max(g as f64))
-        });
+    let (lo, hi) = bounds(run.gates.iter().flat_map(|r| &r.gates).map(|&g| g as f64));
     let steps = padded(0.0, last.step as f64, 0.0);
     let mut chart = new_chart(
         area,

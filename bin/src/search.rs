@@ -40,14 +40,7 @@ pub struct SearchArgs {
 
 /// Reads a latency table and checks it describes `n` activation indices.
 pub fn read_latency(path: &Path, n: usize) -> Result<LatencyTable, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("--latency {}: {e}", path.display()))?;
-    let table: LatencyTable = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "--latency {}: not a latency table (write one with `depthshrink latency --out`): {e}",
-            path.display()
-        )
-    })?;
+    let table = crate::latency::read_table(path).map_err(|e| format!("--latency {e}"))?;
     if table.blocks.len() + 2 != n {
         return Err(format!(
             "--latency {}: the table has {} blocks, the network {}",
