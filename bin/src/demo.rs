@@ -2,7 +2,8 @@
 //! search → finetune with self-distillation → merge → verify → benchmark, then one summary
 //! table and a figure (`plot.svg`). With no flags it runs on the built-in synthetic set with
 //! the built-in config, from the shipped pretrained network (pretraining MobileNetV2 on that
-//! set takes longer than the demo's budget); `--data` and `--pretrained` run it on real data from a real checkpoint.
+//! set takes longer than the demo's budget); `--data` and `--pretrained` run it on real data
+//! from a real checkpoint.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use depthshrink_nn::checkpoint::write_atomic;
 use depthshrink_shrinker::latency::LatencyTable;
-
-use crate::latency::read_table;
 use depthshrink_shrinker::train::{EpochMetrics, METRICS};
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
+
+use crate::latency::read_table;
 
 #[derive(Args)]
 pub struct PlotArgs {
