@@ -8,9 +8,10 @@
 #
 # Environment: DS (the binary, default target/release/depthshrink), DATA (CIFAR-10 as class
 # folders, default ../shared/data/cifar10), RUNS (default runs/c10), THREADS (default 2),
-# SEARCH_EPOCHS (2), FINETUNE_EPOCHS (10).
+# SEARCH_EPOCHS (2), FINETUNE_EPOCHS (10); for the longer finetune, FINAL_KEPT (10),
+# FINAL_EPOCHS (20), FINAL_TEMPERATURE (4).
 # Wall time on 2 cores of this shared host: ~3.8 h of training; the latency table, search and
-# 10-epoch finetune ~1.1 h; the random baseline ~1 h.
+# 10-epoch finetune ~1.1 h; the random baseline ~1 h; the longer finetune ~1.7 h.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +21,10 @@ RUNS=${RUNS:-runs/c10}
 THREADS=${THREADS:-2}
 SEARCH_EPOCHS=${SEARCH_EPOCHS:-2}
 FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-10}
-STAGES=${STAGES:-train latency demo random eval plot}
+FINAL_KEPT=${FINAL_KEPT:-10}
+FINAL_EPOCHS=${FINAL_EPOCHS:-20}
+FINAL_TEMPERATURE=${FINAL_TEMPERATURE:-4}
+STAGES=${STAGES:-train latency demo random final eval plot}
 CONFIG=configs/cifar10-mbv2-w0.5.toml
 # The stages after pretraining learn at the config's lr / 5, as `demo` does by default.
 STAGE_LR=0.02
@@ -68,10 +72,24 @@ if wants random; then
         --out "$RUNS/random-ft" $(resume_flag "$RUNS/random-ft")
 fi
 
+FINAL=$RUNS/final
+if wants final; then
+    # The longer finetune: the demo search's keep list for FINAL_KEPT activations, softer
+    # distillation targets, twice the epochs; then merged and verified.
+    keep="$RUNS/demo/search/search.json:$FINAL_KEPT"
+    # shellcheck disable=SC2046
+    ds finetune --config "$CONFIG" --data "$DATA" --pretrained "$PRETRAINED" --keep "$keep" \
+        --distill --set epochs="$FINAL_EPOCHS" --set lr.lr="$STAGE_LR" \
+        --set distill.temperature="$FINAL_TEMPERATURE" --out "$FINAL" $(resume_flag "$FINAL")
+    ds merge --weights "$FINAL/last.safetensors" --keep "$keep" --cifar --width 0.5 \
+        --out "$FINAL/merged.safetensors"
+fi
+
 if wants eval; then
     # Finetuned checkpoints carry their keep list, so eval needs no --keep.
     ds eval --weights "$PRETRAINED" --data "$DATA" --confusion "$RUNS/baseline-confusion.csv"
-    for weights in "$RUNS/demo/merged.safetensors" "$RUNS/random-ft/last.safetensors"; do
+    for weights in "$RUNS/demo/merged.safetensors" "$FINAL/merged.safetensors" \
+        "$RUNS/random-ft/last.safetensors"; do
         if [[ -f "$weights" ]]; then ds eval --weights "$weights" --data "$DATA"; fi
     done
 fi
@@ -81,8 +99,19 @@ if wants plot; then
     # demo's own figure, $RUNS/demo/plot.svg, adds its search and latency table).
     ds plot "$BASE" --out "$RUNS/baseline.svg"
     runs=()
-    for run in "$RUNS/demo/finetune" "$RUNS/random-ft"; do
-        if [[ -f "$run/metrics.jsonl" ]]; then runs+=("$run"); fi
+    plot_args=()
+    for run in "$FINAL:searched, $FINAL_KEPT kept, $FINAL_EPOCHS epochs, T = $FINAL_TEMPERATURE" \
+        "$RUNS/demo/finetune:searched (demo), $FINETUNE_EPOCHS epochs" \
+        "$RUNS/random-ft:random, ${FINETUNE_EPOCHS} epochs"; do
+        if [[ -f "${run%%:*}/metrics.jsonl" ]]; then
+            runs+=("${run%%:*}")
+            plot_args+=(--label "${run#*:}")
+        fi
     done
-    if (( ${#runs[@]} )); then ds plot "${runs[@]}" --out "$RUNS/finetune.svg"; fi
+    # The pretrained network's last test top-1 as the reference line, when it was trained here.
+    if [[ -f "$BASE/metrics.jsonl" ]]; then
+        plot_args+=(--reference "$(tail -n 1 "$BASE/metrics.jsonl" |
+            python3 -c 'import json, sys; print("%.2f" % (100 * json.load(sys.stdin)["val_acc"]))')")
+    fi
+    if (( ${#runs[@]} )); then ds plot "${runs[@]}" "${plot_args[@]}" --out "$RUNS/finetune.svg"; fi
 fi

@@ -81,8 +81,16 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), Stri
 
 /// A keep list: comma-separated 0/1 in activation-index order (1 = keep), or a file holding
 /// such a list, a JSON array of 0/1, a JSON object with a `keep` array (a search's
-/// search.json), or a TOML file with `keep = [...]` (configs/mbv2-140-*.toml).
+/// search.json), or a TOML file with `keep = [...]` (configs/mbv2-140-*.toml). `FILE:N` picks
+/// the list keeping N activations from a search.json's `keep_lists`.
 pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
+    if let Some((file, kept)) = arg.rsplit_once(':')
+        && let Ok(kept) = kept.parse::<usize>()
+        && !Path::new(arg).exists()
+        && Path::new(file).is_file()
+    {
+        return search_keep_list(file, kept);
+    }
     let text = if Path::new(arg).is_file() {
         std::fs::read_to_string(arg).map_err(|e| format!("--keep: cannot read {arg}: {e}"))?
     } else {
@@ -123,6 +131,29 @@ pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
         .collect()
 }
 
+/// The list keeping `kept` activations among a search.json's `keep_lists`.
+fn search_keep_list(file: &str, kept: usize) -> Result<Vec<bool>, String> {
+    #[derive(serde::Deserialize)]
+    struct Search {
+        keep_lists: Vec<KeepList>,
+    }
+    #[derive(serde::Deserialize)]
+    struct KeepList {
+        kept: usize,
+        keep: Vec<u8>,
+    }
+    let text =
+        std::fs::read_to_string(file).map_err(|e| format!("--keep: cannot read {file}: {e}"))?;
+    let search: Search = serde_json::from_str(&text)
+        .map_err(|e| format!("--keep: {file} is not a search's search.json: {e}"))?;
+    let list = search
+        .keep_lists
+        .into_iter()
+        .find(|l| l.kept == kept)
+        .ok_or_else(|| format!("--keep: {file} has no keep list keeping {kept} activations"))?;
+    Ok(list.keep.into_iter().map(|b| b == 1).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +167,22 @@ mod tests {
         assert!(parse_keep("1,x").unwrap_err().contains("`x`"));
         let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/mbv2-140-D.toml");
         assert_eq!(parse_keep(d).unwrap().iter().filter(|&&k| k).count(), 7);
+    }
+
+    #[test]
+    fn a_search_file_with_a_count_picks_that_keep_list() {
+        let file = std::env::temp_dir().join(format!("ds-keep-{}.json", std::process::id()));
+        let lists = r#"{"keep": [1, 1, 0], "keep_lists": [
+            {"kept": 1, "keep": [0, 1, 0]}, {"kept": 2, "keep": [1, 1, 0]}]}"#;
+        std::fs::write(&file, lists).unwrap();
+        let f = file.to_str().unwrap();
+        assert_eq!(parse_keep(f).unwrap(), [true, true, false]);
+        assert_eq!(parse_keep(&format!("{f}:1")).unwrap(), [false, true, false]);
+        let err = parse_keep(&format!("{f}:3")).unwrap_err();
+        assert!(err.contains("no keep list keeping 3"), "{err}");
+        std::fs::write(&file, "[1, 0]").unwrap();
+        let err = parse_keep(&format!("{f}:1")).unwrap_err();
+        assert!(err.contains("is not a search's search.json"), "{err}");
+        std::fs::remove_file(file).unwrap();
     }
 }

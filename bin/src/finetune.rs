@@ -21,7 +21,8 @@ pub struct FinetuneArgs {
     #[arg(long, value_name = "FILE")]
     pub pretrained: PathBuf,
     /// Activations to keep: comma-separated 0/1 per activation index (stem, blocks, head;
-    /// 1 = keep), or a file holding the list (e.g. a search's search.json).
+    /// 1 = keep), or a file holding the list (e.g. a search's search.json; `search.json:N` picks
+    /// its list keeping N).
     #[arg(long, value_name = "LIST|FILE")]
     pub keep: String,
     /// Self-distillation from the pretrained network (the `[distill]` table; default

@@ -16,7 +16,8 @@ pub struct MergeArgs {
     #[arg(long, value_name = "FILE")]
     weights: PathBuf,
     /// Activations to keep: comma-separated 0/1 per activation index (stem, blocks, head;
-    /// 1 = keep), or a file holding the list. Every block with 0 is merged.
+    /// 1 = keep), or a file holding the list (`search.json:N`: a search's list keeping N).
+    /// Every block with 0 is merged.
     #[arg(long, value_name = "LIST|FILE")]
     keep: String,
     /// Where to write the merged network (safetensors, architecture in its metadata).

@@ -31,6 +31,10 @@ pub struct PlotArgs {
     /// Draw a horizontal line at this test top-1 (percent), e.g. the pretrained network's.
     #[arg(long, value_name = "PCT")]
     reference: Option<f64>,
+    /// Legend names for the inputs, in their order (default: their paths); e.g.
+    /// `--label searched --label random`. Fewer labels than inputs leave the rest as paths.
+    #[arg(long, value_name = "NAME")]
+    label: Vec<String>,
 }
 
 /// One search step's record in `metrics.jsonl` (written every `search.log_every` steps).
@@ -89,13 +93,15 @@ pub fn read_run(path: &Path, label: &str) -> Result<Run, String> {
 pub fn run(args: &PlotArgs) -> Result<(), String> {
     let mut runs = Vec::new();
     let mut tables = Vec::new();
-    for path in &args.inputs {
-        let name = path.to_string_lossy();
+    for (path, label) in args
+        .inputs
+        .iter()
+        .zip(legend_names(&args.inputs, &args.label)?)
+    {
         if path.is_file() && path.extension().is_some_and(|e| e == "json") {
-            tables.push((name.into_owned(), read_table(path)?));
+            tables.push((label, read_table(path)?));
         } else {
-            let label = name.trim_end_matches(METRICS).trim_end_matches('/');
-            runs.push(read_run(path, label)?);
+            runs.push(read_run(path, &label)?);
         }
     }
     let out = match &args.out {
@@ -114,6 +120,29 @@ pub fn run(args: &PlotArgs) -> Result<(), String> {
     write(&out, &render(&runs, &tables, reference.as_ref())?)?;
     println!("wrote {}", out.display());
     Ok(())
+}
+
+/// Each input's legend name: its `--label` if given, else its path (a run's `metrics.jsonl`
+/// dropped).
+fn legend_names(inputs: &[PathBuf], labels: &[String]) -> Result<Vec<String>, String> {
+    if labels.len() > inputs.len() {
+        return Err(format!(
+            "--label given {} times for {} input(s)",
+            labels.len(),
+            inputs.len()
+        ));
+    }
+    let path_name = |path: &PathBuf| {
+        let name = path.to_string_lossy();
+        name.trim_end_matches(METRICS)
+            .trim_end_matches('/')
+            .to_string()
+    };
+    Ok(inputs
+        .iter()
+        .enumerate()
+        .map(|(i, path)| labels.get(i).cloned().unwrap_or_else(|| path_name(path)))
+        .collect())
 }
 
 /// Writes a rendered figure atomically.
@@ -493,6 +522,15 @@ mod tests {
         assert_eq!(run.epochs[0].val_acc, Some(0.6));
         assert_eq!(run.gates.len(), 2);
         assert_eq!(run.gates[1].gates[0], 0.7);
+    }
+
+    #[test]
+    fn labels_name_the_inputs_in_order_and_paths_name_the_rest() {
+        let inputs = ["runs/a/metrics.jsonl", "runs/b/", "t.json"].map(PathBuf::from);
+        let names = legend_names(&inputs, &["searched".into()]).unwrap();
+        assert_eq!(names, ["searched", "runs/b", "t.json"]);
+        let err = legend_names(&inputs[..1], &["x".into(), "y".into()]).unwrap_err();
+        assert!(err.contains("--label given 2 times for 1 input"), "{err}");
     }
 
     #[test]
