@@ -28,6 +28,6 @@ pub mod ops {
     pub use crate::conv::{conv2d, conv2d_act, pad2d};
     pub use crate::elementwise::{add, pick, reshape, scale};
     pub use crate::linear::linear;
-    pub use crate::loss::{cross_entropy, soft_cross_entropy};
+    pub use crate::loss::{cross_entropy, kl_divergence, soft_cross_entropy};
     pub use crate::pool::{dropout, global_avg_pool};
 }

@@ -1,6 +1,6 @@
-//! Losses: cross-entropy with label smoothing and soft-target cross-entropy (distillation).
-//! Both compute their gradient in the forward pass (it falls out of the softmax) and scale it
-//! by the upstream gradient in backward.
+//! Losses: cross-entropy with label smoothing, soft-target cross-entropy and the KL divergence
+//! (distillation). Each computes its gradient in the forward pass (it falls out of the
+//! softmax) and scales it by the upstream gradient in backward.
 
 use depthshrink_tensor::{Result, Tensor, elementwise, softmax};
 
@@ -19,6 +19,18 @@ pub fn cross_entropy(logits: &Var, labels: &[usize], smoothing: f32) -> Result<V
 /// `[N, K]` (a teacher's softened probabilities). Returns a scalar.
 pub fn soft_cross_entropy(logits: &Var, targets: &Tensor) -> Result<Var> {
     let (loss, grad) = softmax::soft_cross_entropy(logits.value(), targets)?;
+    Ok(Var::from_op(Tensor::scalar(loss), &[logits], || {
+        PrecomputedGrad { grad }
+    }))
+}
+
+/// Mean over the batch of KL(targets ‖ softmax(logits)): the soft cross-entropy less the
+/// targets' entropy. The entropy is constant in the logits, so the gradient is the soft
+/// cross-entropy's; the value, unlike it, is 0 when the distributions agree (a distillation
+/// loss that reads the same at every temperature).
+pub fn kl_divergence(logits: &Var, targets: &Tensor) -> Result<Var> {
+    let (cross, grad) = softmax::soft_cross_entropy(logits.value(), targets)?;
+    let loss = cross - softmax::mean_entropy(targets)?;
     Ok(Var::from_op(Tensor::scalar(loss), &[logits], || {
         PrecomputedGrad { grad }
     }))

@@ -229,7 +229,11 @@ fn losses() {
             .collect(),
     )
     .unwrap();
-    check(|v| ops::soft_cross_entropy(&v[0], &targets), &[logits]);
+    check(
+        |v| ops::soft_cross_entropy(&v[0], &targets),
+        std::slice::from_ref(&logits),
+    );
+    check(|v| ops::kl_divergence(&v[0], &targets), &[logits]);
 }
 
 /// depthshrinker.md §3: the forward value follows the hard choice, dy/dx too, and

@@ -158,6 +158,18 @@ pub fn cross_entropy(logits: &Tensor, labels: &[usize], smoothing: f32) -> Resul
     Ok(((loss / n as f64) as f32, Tensor::from_vec(&[n, k], g)?))
 }
 
+/// Mean over the rows of `probs` `[N, K]` of their entropy `−Σ_k p_k·ln p_k` (0·ln 0 = 0).
+pub fn mean_entropy(probs: &Tensor) -> Result<f32> {
+    let (n, _) = batch_of("mean_entropy", probs)?;
+    let sum: f64 = probs
+        .data()
+        .iter()
+        .filter(|&&p| p > 0.0)
+        .map(|&p| -(p as f64) * (p as f64).ln())
+        .sum();
+    Ok((sum / n as f64) as f32)
+}
+
 /// Cross-entropy against target distributions (distillation): loss `mean_n Σ_k −t_k·log p_k`,
 /// gradient `(softmax·Σ_k t_k − t) / N` (= `(softmax − t)/N` when each target row sums to 1).
 /// For temperature-scaled distillation, divide both logit tensors by T first.
@@ -246,6 +258,20 @@ mod tests {
         let (l2, g2) = cross_entropy(&z, &[1, 2], 0.0).unwrap();
         assert_close(&[l1], &[l2], 1e-6, "loss");
         assert_close(g1.data(), g2.data(), 1e-6, "grad");
+    }
+
+    #[test]
+    fn entropy_of_uniform_and_one_hot_rows() {
+        let p =
+            Tensor::from_vec(&[2, 4], vec![0.25, 0.25, 0.25, 0.25, 0.0, 1.0, 0.0, 0.0]).unwrap();
+        // Row means: (ln 4 + 0) / 2.
+        assert_close(
+            &[mean_entropy(&p).unwrap()],
+            &[4f32.ln() / 2.0],
+            1e-7,
+            "entropy",
+        );
+        assert!(mean_entropy(&Tensor::zeros(&[6])).is_err());
     }
 
     #[test]
