@@ -9,7 +9,7 @@
 # Environment: DS (the binary, default target/release/depthshrink), DATA (CIFAR-10 as class
 # folders, default ../shared/data/cifar10), RUNS (default runs/c10), THREADS (default 2),
 # SEARCH_EPOCHS (2), FINETUNE_EPOCHS (10); for the longer finetune, FINAL_KEPT (10),
-# FINAL_EPOCHS (20), FINAL_TEMPERATURE (4).
+# FINAL_EPOCHS (20), FINAL_TEMPERATURE (4.0).
 # Wall time on 2 cores of this shared host: ~3.8 h of training; the latency table, search and
 # 10-epoch finetune ~1.1 h; the random baseline ~1 h; the longer finetune ~1.7 h.
 set -euo pipefail
@@ -23,7 +23,7 @@ SEARCH_EPOCHS=${SEARCH_EPOCHS:-2}
 FINETUNE_EPOCHS=${FINETUNE_EPOCHS:-10}
 FINAL_KEPT=${FINAL_KEPT:-10}
 FINAL_EPOCHS=${FINAL_EPOCHS:-20}
-FINAL_TEMPERATURE=${FINAL_TEMPERATURE:-4}
+FINAL_TEMPERATURE=${FINAL_TEMPERATURE:-4.0}
 STAGES=${STAGES:-train latency demo random final eval plot}
 CONFIG=configs/cifar10-mbv2-w0.5.toml
 # The stages after pretraining learn at the config's lr / 5, as `demo` does by default.
