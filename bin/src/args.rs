@@ -6,6 +6,7 @@ use clap::Args;
 use depthshrink_nn::arch::ArchConfig;
 use depthshrink_nn::checkpoint;
 use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_shrinker::search::SearchOutput;
 
 /// Network families the CLI can build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -133,18 +134,9 @@ pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
 
 /// The list keeping `kept` activations among a search.json's `keep_lists`.
 fn search_keep_list(file: &str, kept: usize) -> Result<Vec<bool>, String> {
-    #[derive(serde::Deserialize)]
-    struct Search {
-        keep_lists: Vec<KeepList>,
-    }
-    #[derive(serde::Deserialize)]
-    struct KeepList {
-        kept: usize,
-        keep: Vec<u8>,
-    }
     let text =
         std::fs::read_to_string(file).map_err(|e| format!("--keep: cannot read {file}: {e}"))?;
-    let search: Search = serde_json::from_str(&text)
+    let search: SearchOutput = serde_json::from_str(&text)
         .map_err(|e| format!("--keep: {file} is not a search's search.json: {e}"))?;
     let list = search
         .keep_lists
@@ -171,10 +163,22 @@ mod tests {
 
     #[test]
     fn a_search_file_with_a_count_picks_that_keep_list() {
+        use depthshrink_shrinker::search::KeepList;
         let file = std::env::temp_dir().join(format!("ds-keep-{}.json", std::process::id()));
-        let lists = r#"{"keep": [1, 1, 0], "keep_lists": [
-            {"kept": 1, "keep": [0, 1, 0]}, {"kept": 2, "keep": [1, 1, 0]}]}"#;
-        std::fs::write(&file, lists).unwrap();
+        let list = |kept, keep: [u8; 3]| KeepList {
+            kept,
+            ratio: kept as f64 / 3.0,
+            keep: keep.to_vec(),
+            saving_ms: None,
+        };
+        let search = SearchOutput {
+            method: "gates".into(),
+            keep_ratio: 0.67,
+            keep: vec![1, 1, 0],
+            gates: None,
+            keep_lists: vec![list(1, [0, 1, 0]), list(2, [1, 1, 0])],
+        };
+        std::fs::write(&file, serde_json::to_string(&search).unwrap()).unwrap();
         let f = file.to_str().unwrap();
         assert_eq!(parse_keep(f).unwrap(), [true, true, false]);
         assert_eq!(parse_keep(&format!("{f}:1")).unwrap(), [false, true, false]);
