@@ -4,9 +4,9 @@
 //! dot products for a one-row or one-column C, else this crate's own AVX-512 kernel
 //! (`gemm/avx512.rs`) where the CPU has AVX-512, else the `gemm` crate (AVX2/FMA or portable),
 //! or `matrixmultiply` under feature `matrixmultiply`; BENCHMARKS.md has the measurements behind
-//! the choice. Parallelism follows the project's
-//! one-level rule: called from inside a rayon worker it runs on that thread alone; called from
-//! outside, a large product is split into blocks of C across the global pool.
+//! the choice. Parallelism follows the project's one-level rule: called from inside a rayon
+//! worker it runs on that thread alone; called from outside, a large product is split into
+//! blocks of C across the global pool.
 
 use rayon::prelude::*;
 
