@@ -1,6 +1,5 @@
-use std::cell::RefCell;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use depthshrink_tensor::{Result, Tensor, TensorError, elementwise};
 
@@ -11,7 +10,7 @@ pub struct VarId(usize);
 /// The backward half of a recorded op: given the gradient of its output, the gradients of its
 /// inputs (in the order they were recorded). `needs[i]` is false for inputs off the tape, whose
 /// gradient the op may skip computing (e.g. a conv's input gradient for the first layer).
-pub trait Backward {
+pub trait Backward: Send {
     fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>>;
 }
 
@@ -29,22 +28,27 @@ struct Inner {
 
 /// The record of one forward pass. Cheap to clone (shared handle); make a new one per step.
 #[derive(Clone, Default)]
-pub struct Tape(Rc<RefCell<Inner>>);
+pub struct Tape(Arc<Mutex<Inner>>);
 
 impl Tape {
     pub fn new() -> Tape {
         Tape::default()
     }
 
+    /// The record; a panic while it was held leaves it usable (it is only ever appended to).
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn new_id(&self, leaf: bool) -> VarId {
-        let mut inner = self.0.borrow_mut();
+        let mut inner = self.inner();
         inner.is_leaf.push(leaf);
         VarId(inner.is_leaf.len() - 1)
     }
 
     /// Number of recorded ops (for tests and diagnostics).
     pub fn len(&self) -> usize {
-        self.0.borrow().nodes.len()
+        self.inner().nodes.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -115,7 +119,7 @@ impl Var {
             inputs: inputs.iter().map(|v| v.id()).collect(),
             op: Box::new(make_backward()),
         };
-        tape.0.borrow_mut().nodes.push(node);
+        tape.inner().nodes.push(node);
         Var {
             value,
             tracked: Some((tape, output)),
@@ -142,7 +146,7 @@ impl Var {
                 "the value is not on a tape (no input was a leaf)",
             ));
         };
-        let inner = tape.0.borrow();
+        let inner = tape.inner();
         let mut grads: Vec<Option<Tensor>> = vec![None; inner.is_leaf.len()];
         grads[root.0] = Some(dy);
         for node in inner.nodes.iter().rev() {

@@ -4,11 +4,11 @@
 //! no copy); groups == channels → the direct kernels in [`crate::depthwise`]; everything else →
 //! im2col + GEMM, tiled over output rows so the column buffer stays within one core's L2.
 //!
-//! Parallelism (one level, rayon): forward and input gradient split into independent tasks over
+//! Parallelism (one level, [`crate::parallel`]): forward and input gradient split into independent tasks over
 //! (image, group, output tile or input-channel block), each calling a single-threaded GEMM; the
 //! weight gradient folds (image, tile) items into one partial sum per rayon split. Batch 1 splits
-//! output tiles, so it uses every core too. Called from inside a rayon worker, everything runs on
-//! that worker.
+//! output tiles, so it uses every core too. Called from inside another kernel's task, everything
+//! runs on that task's thread.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -20,7 +20,7 @@ use crate::gemm::{
     Epilogue, PackedLhs, PackedRhs, RhsLayout, SendPtr, TILE_COLS, extent, sgemm, sgemm_raw,
 };
 use crate::{Result, Tensor, TensorError};
-use crate::{depthwise, simd};
+use crate::{depthwise, parallel, simd};
 
 /// Stride, zero padding (same on all four sides) and groups of a square-kernel convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -390,21 +390,23 @@ impl Dims {
     }
 }
 
-/// How many tasks a split should aim for: none from inside a rayon worker (one level only) or
-/// with a one-thread pool.
+/// How many tasks a split should aim for: none inside another kernel's task (one level only)
+/// or with a one-thread pool.
 fn wanted_tasks() -> usize {
-    if rayon::current_thread_index().is_none() && rayon::current_num_threads() > 1 {
+    if parallel::may_split() {
         TASKS_PER_THREAD * rayon::current_num_threads()
     } else {
         1
     }
 }
 
-/// Runs `f(0..count)` across the rayon pool, or inline from inside a worker or for one task
+/// Runs `f(0..count)` across the rayon pool, or inline inside another kernel's task or for one task
 /// (a lone task's GEMM can then split itself across the pool).
 fn run_tasks(count: usize, f: impl Fn(usize) + Sync + Send) {
     if count > 1 && wanted_tasks() > 1 {
-        (0..count).into_par_iter().for_each(f);
+        (0..count)
+            .into_par_iter()
+            .for_each(|i| parallel::task(|| f(i)));
     } else {
         (0..count).for_each(f);
     }
@@ -916,9 +918,12 @@ pub fn backward_weight(x: &[f32], dy: &[f32], dw: &mut [f32], g: &ConvGeom) {
         let partials: Vec<Vec<f32>> = (0..parts)
             .into_par_iter()
             .map(|p| {
-                let mut acc = vec![0.0; dw.len()];
-                (p * items / parts..(p + 1) * items / parts).for_each(|i| add_item(i, &mut acc));
-                acc
+                parallel::task(|| {
+                    let mut acc = vec![0.0; dw.len()];
+                    (p * items / parts..(p + 1) * items / parts)
+                        .for_each(|i| add_item(i, &mut acc));
+                    acc
+                })
             })
             .collect();
         dw.copy_from_slice(&partials[0]);
@@ -1250,7 +1255,7 @@ mod tests {
     }
 
     #[test]
-    fn inside_a_rayon_worker_runs_inline() {
+    fn splits_from_inside_a_worker() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()

@@ -4,9 +4,9 @@
 //! dot products for a one-row or one-column C, else this crate's own AVX-512 kernel
 //! (`gemm/avx512.rs`) where the CPU has AVX-512, else the `gemm` crate (AVX2/FMA or portable),
 //! or `matrixmultiply` under feature `matrixmultiply`; BENCHMARKS.md has the measurements behind
-//! the choice. Parallelism follows the project's one-level rule: called from inside a rayon
-//! worker it runs on that thread alone; called from outside, a large product is split into
-//! blocks of C across the global pool.
+//! the choice. Parallelism follows the project's one-level rule ([`crate::parallel`]): called
+//! from inside another kernel's task it runs on that thread alone; otherwise a large product is
+//! split into blocks of C across the pool.
 
 use rayon::prelude::*;
 
@@ -309,9 +309,8 @@ pub(crate) unsafe fn sgemm_raw(
     } else {
         PAR_MIN_MACS
     };
-    let parallel = threads > 1
-        && rayon::current_thread_index().is_none()
-        && m.saturating_mul(n).saturating_mul(k) >= min_macs;
+    let parallel =
+        crate::parallel::may_split() && m.saturating_mul(n).saturating_mul(k) >= min_macs;
     // Split the longer side of C; the other operand is shared (and packed once per block).
     let split_n = n >= m;
     let len = if split_n { n } else { m };
@@ -339,46 +338,48 @@ pub(crate) unsafe fn sgemm_raw(
         return;
     }
     (0..len.div_ceil(block)).into_par_iter().for_each(|i| {
-        let (start, size) = (i * block, block.min(len - i * block));
-        // SAFETY: each block is a sub-rectangle of the caller's matrices; blocks of C are
-        // disjoint because C does not alias itself, so no two threads write the same element.
-        unsafe {
-            if split_n {
-                let (bo, co) = (start as isize * csb, start as isize * csc);
-                kernel(
-                    m,
-                    k,
-                    size,
-                    alpha,
-                    (a.get(), rsa, csa),
-                    packed_a.map(|p| (p, 0)),
-                    (b.get().wrapping_offset(bo), rsb, csb),
-                    packed_b.map(|p| (p, start)),
-                    beta,
-                    c.get().offset(co),
-                    rsc,
-                    csc,
-                    epilogue,
-                );
-            } else {
-                let (ao, co) = (start as isize * rsa, start as isize * rsc);
-                kernel(
-                    size,
-                    k,
-                    n,
-                    alpha,
-                    (a.get().offset(ao), rsa, csa),
-                    packed_a.map(|p| (p, start)),
-                    (b.get(), rsb, csb),
-                    packed_b.map(|p| (p, 0)),
-                    beta,
-                    c.get().offset(co),
-                    rsc,
-                    csc,
-                    epilogue.rows_from(start),
-                );
+        crate::parallel::task(|| {
+            let (start, size) = (i * block, block.min(len - i * block));
+            // SAFETY: each block is a sub-rectangle of the caller's matrices; blocks of C are
+            // disjoint because C does not alias itself, so no two threads write the same element.
+            unsafe {
+                if split_n {
+                    let (bo, co) = (start as isize * csb, start as isize * csc);
+                    kernel(
+                        m,
+                        k,
+                        size,
+                        alpha,
+                        (a.get(), rsa, csa),
+                        packed_a.map(|p| (p, 0)),
+                        (b.get().wrapping_offset(bo), rsb, csb),
+                        packed_b.map(|p| (p, start)),
+                        beta,
+                        c.get().offset(co),
+                        rsc,
+                        csc,
+                        epilogue,
+                    );
+                } else {
+                    let (ao, co) = (start as isize * rsa, start as isize * rsc);
+                    kernel(
+                        size,
+                        k,
+                        n,
+                        alpha,
+                        (a.get().offset(ao), rsa, csa),
+                        packed_a.map(|p| (p, start)),
+                        (b.get(), rsb, csb),
+                        packed_b.map(|p| (p, 0)),
+                        beta,
+                        c.get().offset(co),
+                        rsc,
+                        csc,
+                        epilogue.rows_from(start),
+                    );
+                }
             }
-        }
+        })
     });
 }
 
@@ -898,7 +899,7 @@ mod tests {
     }
 
     #[test]
-    fn inside_a_worker_runs_on_that_worker() {
+    fn splits_from_inside_a_worker() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()

@@ -14,6 +14,7 @@ pub mod depthwise;
 pub mod elementwise;
 pub mod gemm;
 pub mod pad;
+pub mod parallel;
 pub mod pool;
 pub mod reduce;
 pub mod simd;
