@@ -22,7 +22,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::{Dims, each_plane};
+use super::{Dims, each_plane, relu6_plane};
 use crate::simd::{LINE_FLOATS, prefetch_ahead, prefetch_line};
 
 /// Floats after the last buffer row: room for a vector read starting at the row's last element.
@@ -935,6 +935,7 @@ pub(super) unsafe fn forward<const K: usize, const S: usize>(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    relu6: bool,
     y: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
@@ -944,7 +945,10 @@ pub(super) unsafe fn forward<const K: usize, const S: usize>(
     each_plane(x, y, first, chans, d, true, |xp, yp, c| {
         let b = bias.map_or(0.0, |b| b[c]);
         // SAFETY: forwarded contract.
-        unsafe { forward_plane::<K, S>(xp, &w[c * K * K..][..K * K], b, yp, d, buf) }
+        unsafe { forward_plane::<K, S>(xp, &w[c * K * K..][..K * K], b, yp, d, buf) };
+        if relu6 {
+            relu6_plane(yp);
+        }
     });
 }
 
@@ -958,6 +962,7 @@ pub(super) unsafe fn forward_flat_run<const K: usize>(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    relu6: bool,
     y: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
@@ -965,7 +970,7 @@ pub(super) unsafe fn forward_flat_run<const K: usize>(
     buf: &mut [f32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { flat_run::<K>(x, w, bias, false, y, first, chans, d, buf) }
+    unsafe { flat_run::<K>(x, w, bias, relu6, false, y, first, chans, d, buf) }
 }
 
 /// Stride-1 input gradient over a run of planes (`dy` planes in, `dx` planes out).
@@ -978,6 +983,7 @@ pub(super) unsafe fn backward_input_s1_run<const K: usize>(
     dy: &[f32],
     w: &[f32],
     _: Option<&[f32]>,
+    _: bool,
     dx: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
@@ -1006,6 +1012,7 @@ pub(super) unsafe fn backward_input_s2_run<
     dy: &[f32],
     w: &[f32],
     _: Option<&[f32]>,
+    _: bool,
     dx: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
@@ -1028,6 +1035,7 @@ pub(super) unsafe fn backward_input_flat_run<const K: usize>(
     dy: &[f32],
     w: &[f32],
     _: Option<&[f32]>,
+    _: bool,
     dx: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
@@ -1035,7 +1043,7 @@ pub(super) unsafe fn backward_input_flat_run<const K: usize>(
     buf: &mut [f32],
 ) {
     // SAFETY: forwarded contract.
-    unsafe { flat_run::<K>(dy, w, None, true, dx, first, chans, d, buf) }
+    unsafe { flat_run::<K>(dy, w, None, false, true, dx, first, chans, d, buf) }
 }
 
 /// Shared body of the flat runs (same plane size in and out), pipelined over two slots.
@@ -1048,6 +1056,7 @@ unsafe fn flat_run<const K: usize>(
     src: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    relu6: bool,
     rotate: bool,
     dst: &mut [MaybeUninit<f32>],
     first: usize,
@@ -1084,6 +1093,9 @@ unsafe fn flat_run<const K: usize>(
                     &mut dst[i * np..][..np],
                     d,
                 )
+            };
+            if relu6 {
+                relu6_plane(&mut dst[i * np..][..np]);
             }
         },
     );

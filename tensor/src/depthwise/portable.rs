@@ -11,7 +11,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::{Dims, each_plane};
+use super::{Dims, each_plane, relu6_plane};
 
 /// Lanes of the fused accumulation: 8 independent sums per row chunk.
 const L: usize = 8;
@@ -284,6 +284,7 @@ pub(super) fn forward(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
+    relu6: bool,
     y: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
@@ -294,6 +295,9 @@ pub(super) fn forward(
     each_plane(x, y, first, chans, d, true, |xp, yp, c| {
         let b = bias.map_or(0.0, |b| b[c]);
         forward_plane(xp, &w[c * k2..][..k2], b, yp, d, buf);
+        if relu6 {
+            relu6_plane(yp);
+        }
     });
 }
 
@@ -303,6 +307,7 @@ pub(super) fn backward_input(
     dy: &[f32],
     w: &[f32],
     _: Option<&[f32]>,
+    _: bool,
     dx: &mut [MaybeUninit<f32>],
     first: usize,
     chans: usize,
