@@ -233,16 +233,17 @@ impl MobileNet {
 
     /// Logits `[N, classes]` for images `[N, 3, H, W]`.
     ///
-    /// Evaluation runs on a worker of the rayon pool, so each kernel forks inside the pool
-    /// instead of handing its split over from this thread and sleeping until it is done:
-    /// batch 1 takes 0.88-0.92× the time. Training stays on this thread: its large tensors
-    /// would come from a worker's malloc arena, which maps them afresh each time (1.5× the
-    /// page faults, steps 4-8% slower at width 1.0).
+    /// A single image in evaluation runs on a worker of the rayon pool, so each kernel forks
+    /// inside the pool instead of handing its split over from this thread and sleeping until it
+    /// is done: with kernels of tens of µs that handoff is felt (batch 1 takes 0.88-0.92× the
+    /// time). Larger batches and training stay on this thread: their big tensors would come from
+    /// a worker's malloc arena, which maps them afresh each time (1.4-1.5× the page faults;
+    /// batch 32 at 224² took 1.18× the time on a worker, training steps at width 1.0 4-8% more).
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        if ctx.train {
-            self.forward_here(x, ctx)
-        } else {
+        if !ctx.train && x.value().shape().first() == Some(&1) {
             parallel::on_pool(|| self.forward_here(x, ctx))
+        } else {
+            self.forward_here(x, ctx)
         }
     }
 
