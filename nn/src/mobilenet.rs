@@ -194,6 +194,21 @@ pub struct MobileNet {
     pub search: Option<SearchGates>,
 }
 
+/// Runs an evaluation pass (or its timing) on the thread [`MobileNet::forward`] uses for a
+/// batch of `batch`: a single image on a worker of the rayon pool, so each kernel forks inside
+/// the pool instead of handing its split over from this thread and sleeping until it is done
+/// (with kernels of tens of µs that handoff is felt: batch 1 takes 0.88-0.92× the time); larger
+/// batches on this thread, since their big tensors would come from a worker's malloc arena,
+/// which maps them afresh each time (1.4-1.5× the page faults; batch 32 at 224² took 1.18× the
+/// time on a worker, training steps at width 1.0 4-8% more).
+pub fn run_eval<R: Send>(batch: usize, f: impl FnOnce() -> R + Send) -> R {
+    if batch == 1 {
+        parallel::on_pool(f)
+    } else {
+        f()
+    }
+}
+
 impl MobileNet {
     /// A freshly initialised network (torchvision's initialisation), deterministic in `seed`.
     pub fn new(arch: &ArchConfig, seed: u64) -> MobileNet {
@@ -231,19 +246,13 @@ impl MobileNet {
         }
     }
 
-    /// Logits `[N, classes]` for images `[N, 3, H, W]`.
-    ///
-    /// A single image in evaluation runs on a worker of the rayon pool, so each kernel forks
-    /// inside the pool instead of handing its split over from this thread and sleeping until it
-    /// is done: with kernels of tens of µs that handoff is felt (batch 1 takes 0.88-0.92× the
-    /// time). Larger batches and training stay on this thread: their big tensors would come from
-    /// a worker's malloc arena, which maps them afresh each time (1.4-1.5× the page faults;
-    /// batch 32 at 224² took 1.18× the time on a worker, training steps at width 1.0 4-8% more).
+    /// Logits `[N, classes]` for images `[N, 3, H, W]`; evaluation runs as [`run_eval`] says.
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
-        if !ctx.train && x.value().shape().first() == Some(&1) {
-            parallel::on_pool(|| self.forward_here(x, ctx))
-        } else {
+        if ctx.train {
             self.forward_here(x, ctx)
+        } else {
+            let batch = x.value().shape().first().copied().unwrap_or(0);
+            run_eval(batch, || self.forward_here(x, ctx))
         }
     }
 

@@ -10,7 +10,7 @@ use std::time::Instant;
 use depthshrink_autograd::Var;
 use depthshrink_nn::Ctx;
 use depthshrink_nn::arch::ArchConfig;
-use depthshrink_nn::mobilenet::{Block, MobileNet};
+use depthshrink_nn::mobilenet::{Block, MobileNet, run_eval};
 use depthshrink_tensor::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -143,12 +143,15 @@ pub fn measure(
         let mut merged = merge_block(lin)?;
         merged.conv.prepack();
         let mut merged = Block::Merged(merged);
-        let t = interleaved_medians(
-            runs,
-            &mut [&mut || block.forward(&x, &ctx).map(drop), &mut || {
-                merged.forward(&x, &ctx).map(drop)
-            }],
-        )?;
+        // Timed on the thread the whole network's pass would use.
+        let t = run_eval(batch, || {
+            interleaved_medians(
+                runs,
+                &mut [&mut || block.forward(&x, &ctx).map(drop), &mut || {
+                    merged.forward(&x, &ctx).map(drop)
+                }],
+            )
+        })?;
         let (unmerged_ms, merged_ms) = (t[0], t[1]);
         blocks.push(BlockLatency {
             index: i + 1,
