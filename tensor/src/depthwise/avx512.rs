@@ -1,7 +1,8 @@
 //! AVX-512 forward kernel for k ∈ {3, 5}, stride ∈ {1, 2}, any padding and width.
 //!
-//! Reads each input plane where it lies: the zero padding is a load mask (lanes outside the row
-//! read as zero and touch no memory), so nothing is copied into a padded buffer. For stride 2 a
+//! Reads each input plane where it lies: padding columns are a load mask (lanes outside the row
+//! read as zero and touch no memory) and padding rows read a row of zeros, so nothing is copied
+//! into a padded buffer. For stride 2 a
 //! pair of loads covers 32 consecutive columns and one `vpermt2ps` picks the 16 even (or odd)
 //! ones a tap needs. The bias starts the accumulators and ReLU6 clamps before the store, so each
 //! output is written once. The masks depend only on the column, so each run of planes builds
