@@ -4,11 +4,11 @@
 //! no copy); groups == channels → the direct kernels in [`crate::depthwise`]; everything else →
 //! im2col + GEMM, tiled over output rows so the column buffer stays within one core's L2.
 //!
-//! Parallelism (one level, [`crate::parallel`]): forward and input gradient split into independent tasks over
-//! (image, group, output tile or input-channel block), each calling a single-threaded GEMM; the
-//! weight gradient folds (image, tile) items into one partial sum per rayon split. Batch 1 splits
-//! output tiles, so it uses every core too. Called from inside another kernel's task, everything
-//! runs on that task's thread.
+//! Parallelism (one level, [`crate::parallel`]): forward and input gradient split into
+//! independent tasks over (image, group, output tile or input-channel block), each calling a
+//! single-threaded GEMM; the weight gradient folds (image, tile) items into one partial sum per
+//! rayon split. Batch 1 splits output tiles, so it uses every core too. Called from inside
+//! another kernel's task, everything runs on that task's thread.
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
@@ -400,8 +400,8 @@ fn wanted_tasks() -> usize {
     }
 }
 
-/// Runs `f(0..count)` across the rayon pool, or inline inside another kernel's task or for one task
-/// (a lone task's GEMM can then split itself across the pool).
+/// Runs `f(0..count)` across the rayon pool, or inline inside another kernel's task or for one
+/// task (a lone task's GEMM can then split itself across the pool).
 fn run_tasks(count: usize, f: impl Fn(usize) + Sync + Send) {
     if count > 1 && wanted_tasks() > 1 {
         (0..count)

@@ -159,30 +159,38 @@ unsafe fn forward_plane<const K: usize, const S: usize, const RELU6: bool>(
             // those whose loads all lie inside it; stores stop at the row's `ow` outputs.
             unsafe {
                 if group.iter().all(|m| m.full) {
-                    match u {
-                        4 => {
-                            vectors_at::<K, S, 4, false, RELU6>(&rows, &wv, bias, group, v, out, d)
-                        }
-                        3 => {
-                            vectors_at::<K, S, 3, false, RELU6>(&rows, &wv, bias, group, v, out, d)
-                        }
-                        2 => {
-                            vectors_at::<K, S, 2, false, RELU6>(&rows, &wv, bias, group, v, out, d)
-                        }
-                        _ => {
-                            vectors_at::<K, S, 1, false, RELU6>(&rows, &wv, bias, group, v, out, d)
-                        }
-                    }
+                    group_at::<K, S, false, RELU6>(&rows, &wv, bias, group, v, out, d)
                 } else {
-                    match u {
-                        4 => vectors_at::<K, S, 4, true, RELU6>(&rows, &wv, bias, group, v, out, d),
-                        3 => vectors_at::<K, S, 3, true, RELU6>(&rows, &wv, bias, group, v, out, d),
-                        2 => vectors_at::<K, S, 2, true, RELU6>(&rows, &wv, bias, group, v, out, d),
-                        _ => vectors_at::<K, S, 1, true, RELU6>(&rows, &wv, bias, group, v, out, d),
-                    }
+                    group_at::<K, S, true, RELU6>(&rows, &wv, bias, group, v, out, d)
                 }
             }
             v += u;
+        }
+    }
+}
+
+/// [`vectors_at`] for a group of 1 to [`UNROLL`] vectors (`masks.len()` of them).
+///
+/// # Safety
+/// As [`vectors_at`].
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn group_at<const K: usize, const S: usize, const MASKED: bool, const RELU6: bool>(
+    rows: &[*const f32; K],
+    wv: &[[__m512; K]; K],
+    bias: f32,
+    masks: &[VectorMasks],
+    v: usize,
+    out: *mut f32,
+    d: &Dims,
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match masks.len() {
+            4 => vectors_at::<K, S, 4, MASKED, RELU6>(rows, wv, bias, masks, v, out, d),
+            3 => vectors_at::<K, S, 3, MASKED, RELU6>(rows, wv, bias, masks, v, out, d),
+            2 => vectors_at::<K, S, 2, MASKED, RELU6>(rows, wv, bias, masks, v, out, d),
+            _ => vectors_at::<K, S, 1, MASKED, RELU6>(rows, wv, bias, masks, v, out, d),
         }
     }
 }
