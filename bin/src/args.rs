@@ -56,8 +56,10 @@ impl ArchArgs {
     }
 }
 
-/// Loads a network from a weights file (architecture from its metadata, else from `arch`),
-/// then removes the activations a `--keep` list drops.
+/// Loads a network from a weights file (architecture and keep list from its metadata, else
+/// from `arch`). `keep` removes activations from a network that still has them all; a file
+/// that already removed some (a finetuned or merged network) carries its own list, and a
+/// `keep` that differs from it is an error naming both (it would silently run another function).
 pub fn load_model(
     weights: &Path,
     arch: &ArchArgs,
@@ -68,9 +70,25 @@ pub fn load_model(
         MobileNet::from_checkpoint(&ckpt, Some(&arch.arch()?)).map_err(|e| e.to_string())?;
     if let Some(keep) = keep {
         let keep = parse_keep(keep)?;
-        net.apply_keep(&keep).map_err(|e| format!("--keep: {e}"))?;
+        let stored = net.variant().keep;
+        if stored.iter().all(|&k| k) {
+            net.apply_keep(&keep).map_err(|e| format!("--keep: {e}"))?;
+        } else if stored != keep {
+            return Err(format!(
+                "--keep {} differs from the keep list {} stored in {} (leave --keep out to use the stored one)",
+                keep_text(&keep),
+                keep_text(&stored),
+                weights.display()
+            ));
+        }
     }
     Ok(net)
+}
+
+/// A keep list as the CLI writes it: `1,0,0,1,…`.
+pub fn keep_text(keep: &[bool]) -> String {
+    let bits: Vec<&str> = keep.iter().map(|&k| if k { "1" } else { "0" }).collect();
+    bits.join(",")
 }
 
 /// Writes `value` as pretty JSON, atomically (temp file, then rename).

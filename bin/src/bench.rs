@@ -14,7 +14,7 @@ use depthshrink_nn::Ctx;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module;
 use depthshrink_nn::optim::{Optimizer, Sgd, SgdConfig};
-use depthshrink_shrinker::latency::compare_networks;
+use depthshrink_shrinker::latency::compare_with_original;
 use depthshrink_shrinker::merge::{blocks_to_merge, merge_network};
 use depthshrink_tensor::conv::{self, ConvParams};
 use depthshrink_tensor::{Tensor, gemm};
@@ -75,9 +75,10 @@ pub struct InferArgs {
     /// Merge the blocks --keep removes before timing (as `depthshrink merge` would).
     #[arg(long, requires = "keep")]
     merged: bool,
-    /// Time the unmerged network (activations removed by --keep or by the finetuned weights)
-    /// and its merged form in one process, runs interleaved, and print both with the
-    /// speed-up (the fair comparison on a shared machine).
+    /// Time three networks in one process, runs interleaved (the fair comparison on a shared
+    /// machine): the original architecture with the same weights (every activation, ordinary
+    /// padding), the network with the activations --keep or the finetuned weights remove
+    /// (pad-first, unmerged), and its merged form; prints the speed-up over the original first.
     #[arg(long, conflicts_with = "merged")]
     compare: bool,
 }
@@ -478,7 +479,7 @@ fn model_bench(
     Ok(())
 }
 
-/// `bench infer --compare`: unmerged vs merged, interleaved.
+/// `bench infer --compare`: original vs unmerged (pad-first) vs merged, interleaved.
 fn compare_merged(net: &MobileNet, args: &InferArgs) -> Result<(), String> {
     let m = &args.model;
     if m.batch == 0 {
@@ -493,30 +494,33 @@ fn compare_merged(net: &MobileNet, args: &InferArgs) -> Result<(), String> {
         );
     }
     let merged = merge_network(net, &merge).map_err(|e| e.to_string())?;
-    let ms = compare_networks(&[net, &merged], res, m.batch, m.runs).map_err(|e| e.to_string())?;
-    let ips = |ms: f64| m.batch as f64 / (ms / 1e3);
-    let record = json!({
-        "bench": "infer_compare",
-        "width": net.arch.width,
-        "cifar": net.arch.cifar,
-        "res": res,
-        "batch": m.batch,
-        "merged_blocks": merge.iter().filter(|&&b| b).count(),
-        "unmerged_images_per_s": ips(ms[0]),
-        "merged_images_per_s": ips(ms[1]),
-        "speedup": ms[0] / ms[1],
-    });
+    let t = compare_with_original(net, &merged, res, m.batch, m.runs).map_err(|e| e.to_string())?;
+    let merged_blocks = merge.iter().filter(|&&b| b).count();
     if m.json {
+        let record = json!({
+            "bench": "infer_compare",
+            "width": net.arch.width,
+            "cifar": net.arch.cifar,
+            "res": res,
+            "batch": m.batch,
+            "merged_blocks": merged_blocks,
+            "original_images_per_s": t.original,
+            "unmerged_images_per_s": t.unmerged,
+            "merged_images_per_s": t.merged,
+            "speedup_vs_original": t.speedup_vs_original,
+            "speedup_vs_unmerged": t.speedup_vs_unmerged,
+        });
         println!("{record}");
     } else {
         println!(
-            "infer w{} {res}² batch {}: unmerged {:.1} images/s, merged ({} blocks) {:.1} images/s, speed-up {:.2}×",
+            "infer w{} {res}² batch {}: original {:.1} images/s, unmerged (pad-first) {:.1}, merged ({merged_blocks} blocks) {:.1}; merged vs original {:.2}× (vs pad-first unmerged {:.2}×)",
             net.arch.width,
             m.batch,
-            ips(ms[0]),
-            record["merged_blocks"],
-            ips(ms[1]),
-            ms[0] / ms[1]
+            t.original,
+            t.unmerged,
+            t.merged,
+            t.speedup_vs_original,
+            t.speedup_vs_unmerged
         );
     }
     Ok(())

@@ -162,7 +162,7 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     let table = match &args.latency {
         Some(path) => {
             println!("reading {}", path.display());
-            read_latency(path, pretrained.num_acts())?
+            read_latency(path, &pretrained.arch, Some(res))?
         }
         None => latency_table(&pretrained, res, args.bench_batch, &out)?,
     };

@@ -25,7 +25,8 @@ pub struct EvalArgs {
     #[arg(long)]
     json: bool,
     /// Evaluate with these activations removed (comma-separated 0/1 per activation index,
-    /// 1 = keep, or a file holding the list).
+    /// 1 = keep, or a file holding the list) from a network that keeps them all; a finetuned
+    /// or merged checkpoint carries its own list, and a different one is an error.
     #[arg(long, value_name = "LIST|FILE")]
     keep: Option<String>,
     /// Write the confusion matrix here as CSV (rows: true class, columns: predicted class).

@@ -25,8 +25,8 @@ pub struct FinetuneArgs {
     /// its list keeping N).
     #[arg(long, value_name = "LIST|FILE")]
     pub keep: String,
-    /// Self-distillation from the pretrained network (the `[distill]` table; default
-    /// α = 0.7, T = 1).
+    /// Self-distillation from the pretrained network, with the config's `[distill]` parameters
+    /// (default α = 0.7, T = 1); without this flag there is none, whatever the config holds.
     #[arg(long)]
     pub distill: bool,
     /// Weight of the distillation term (implies --distill).
@@ -39,8 +39,11 @@ pub struct FinetuneArgs {
 
 pub fn run(args: &FinetuneArgs, cli_threads: Option<usize>) -> Result<(), String> {
     let (mut config, stem) = load_config(&args.run.setup)?;
-    if args.distill || args.alpha.is_some() || args.temperature.is_some() {
-        let mut d = config.distill.clone().unwrap_or_default();
+    // The flag decides; a config's `[distill]` table only holds the parameters, so a shipped
+    // config with one can still finetune without distillation (and the run's config.toml then
+    // has no `[distill]`).
+    config.distill = if args.distill || args.alpha.is_some() || args.temperature.is_some() {
+        let mut d = config.distill.take().unwrap_or_default();
         if let Some(a) = args.alpha {
             d.alpha = a;
         }
@@ -48,8 +51,10 @@ pub fn run(args: &FinetuneArgs, cli_threads: Option<usize>) -> Result<(), String
             d.temperature = t;
         }
         d.validate()?;
-        config.distill = Some(d);
-    }
+        Some(d)
+    } else {
+        None
+    };
     config_threads(&config, cli_threads)?;
     let out = args.run.setup.out_dir(&stem, "-finetune");
     let pretrained = load_pretrained(&args.pretrained)?;

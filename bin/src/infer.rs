@@ -22,7 +22,8 @@ pub struct InferArgs {
     #[arg(long, value_name = "FILE")]
     output: PathBuf,
     /// Run with these activations removed (comma-separated 0/1 per activation index, 1 = keep,
-    /// or a file holding the list): the unmerged linearised network.
+    /// or a file holding the list): the unmerged linearised network. A finetuned or merged
+    /// checkpoint carries its own list, and a different one is an error.
     #[arg(long, value_name = "LIST|FILE")]
     keep: Option<String>,
     #[command(flatten)]

@@ -17,9 +17,10 @@ pub struct MergeArgs {
     weights: PathBuf,
     /// Activations to keep: comma-separated 0/1 per activation index (stem, blocks, head;
     /// 1 = keep), or a file holding the list (`search.json:N`: a search's list keeping N).
-    /// Every block with 0 is merged.
+    /// Every block with 0 is merged [default: the list a finetuned checkpoint carries; a
+    /// different list is an error].
     #[arg(long, value_name = "LIST|FILE")]
-    keep: String,
+    keep: Option<String>,
     /// Where to write the merged network (safetensors, architecture in its metadata).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
@@ -40,11 +41,17 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: &MergeArgs) -> Result<(), String> {
-    let net = load_model(&args.weights, &args.arch, Some(&args.keep))?;
+    let net = load_model(&args.weights, &args.arch, args.keep.as_deref())?;
+    if net.variant().keep.iter().all(|&k| k) {
+        return Err(format!(
+            "{} keeps every activation, so no block can merge: give --keep (the activations to keep)",
+            args.weights.display()
+        ));
+    }
     let table = args
         .latency
         .as_deref()
-        .map(|p| read_latency(p, net.num_acts()))
+        .map(|p| read_latency(p, &net.arch, None))
         .transpose()?;
     let merge = blocks_to_merge(
         &net,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::Args;
+use depthshrink_nn::arch::ArchConfig;
 use depthshrink_nn::checkpoint;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_shrinker::latency::LatencyTable;
@@ -38,30 +39,16 @@ pub struct SearchArgs {
     pub random: bool,
 }
 
-/// Reads a latency table and checks it describes `n` activation indices.
-pub fn read_latency(path: &Path, n: usize) -> Result<LatencyTable, String> {
+/// Reads a latency table and checks it was measured for `arch` (at `res`, when given).
+pub fn read_latency(
+    path: &Path,
+    arch: &ArchConfig,
+    res: Option<usize>,
+) -> Result<LatencyTable, String> {
     let table = crate::latency::read_table(path).map_err(|e| format!("--latency {e}"))?;
-    if table.blocks.len() + 2 != n {
-        return Err(format!(
-            "--latency {}: the table has {} blocks, the network {}",
-            path.display(),
-            table.blocks.len(),
-            n - 2
-        ));
-    }
-    if let Some((i, b)) = table
-        .blocks
-        .iter()
-        .enumerate()
-        .find(|(i, b)| b.index != i + 1)
-    {
-        return Err(format!(
-            "--latency {}: block {i} has activation index {}, expected {}",
-            path.display(),
-            b.index,
-            i + 1
-        ));
-    }
+    table
+        .check(arch, res)
+        .map_err(|e| format!("--latency {}: {e}", path.display()))?;
     Ok(table)
 }
 
@@ -85,15 +72,20 @@ pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> 
         None if args.random => None,
         None => return Err("--pretrained FILE is required (or --random for the baseline)".into()),
     };
+    let latency = match (&args.latency, &pretrained) {
+        (None, _) => None,
+        // The search checks the input size too, once its data is open.
+        (Some(path), Some(net)) => Some(read_latency(path, &net.arch, None)?),
+        (Some(path), None) => {
+            let table = crate::latency::read_table(path).map_err(|e| format!("--latency {e}"))?;
+            let arch = config.model.arch(table.arch.num_classes);
+            Some(read_latency(path, &arch, None)?)
+        }
+    };
     let n = match &pretrained {
         Some(net) => net.num_acts(),
         None => config.model.arch(10).spec().blocks.len() + 2,
     };
-    let latency = args
-        .latency
-        .as_deref()
-        .map(|p| read_latency(p, n))
-        .transpose()?;
     let output = match pretrained {
         None => {
             let searchable = search.searchable(n)?;
@@ -141,6 +133,12 @@ pub fn search_stage(
     let start = Instant::now();
     let mut trainer =
         Trainer::with_model(config, out, resume, Some(net)).map_err(|e| e.to_string())?;
+    if let Some(table) = latency {
+        let res = trainer.data.input_res().map_err(|e| e.to_string())?;
+        table
+            .check(&trainer.model.arch, Some(res))
+            .map_err(|e| format!("--latency: {e}"))?;
+    }
     // Also on resume: the checkpoint holds the scores, the config the rest.
     install_gates(&mut trainer.model, &search)?;
     let mut objective = GateSearch::new(&search, latency, n, smoothing);

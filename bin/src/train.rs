@@ -156,14 +156,8 @@ fn announce(what: &str, trainer: &Trainer, resumed: bool) {
         String::new()
     };
     println!(
-        "{what} {:?} w{} ({}) on {data_name}: {} train / {} test images, {} epochs × {} batches of {}, {} threads → {}{resumed}",
-        trainer.model.arch.family,
-        trainer.model.arch.width,
-        if trainer.model.arch.cifar {
-            "CIFAR layout"
-        } else {
-            "ImageNet layout"
-        },
+        "{what} {} on {data_name}: {} train / {} test images, {} epochs × {} batches of {}, {} threads → {}{resumed}",
+        trainer.model.arch,
         splits.train.len(),
         splits.test.len(),
         c.epochs,

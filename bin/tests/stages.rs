@@ -294,7 +294,7 @@ fn a_killed_and_resumed_search_ends_with_the_same_gates() {
 }
 
 #[test]
-fn bench_compare_times_unmerged_and_merged_in_one_process() {
+fn bench_compare_times_original_unmerged_and_merged_in_one_process() {
     let stdout = ok(&[
         "bench",
         "infer",
@@ -312,9 +312,31 @@ fn bench_compare_times_unmerged_and_merged_in_one_process() {
     ]);
     let v: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["merged_blocks"], 10);
-    for key in ["unmerged_images_per_s", "merged_images_per_s", "speedup"] {
-        assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {v}");
+    let f = |key: &str| v[key].as_f64().unwrap_or_else(|| panic!("{key}: {v}"));
+    for key in [
+        "original_images_per_s",
+        "unmerged_images_per_s",
+        "merged_images_per_s",
+    ] {
+        assert!(f(key) > 0.0, "{key}: {v}");
     }
+    // Both speed-ups are the merged network's rate over the other one's.
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b;
+    let merged = f("merged_images_per_s");
+    assert!(
+        close(
+            f("speedup_vs_original"),
+            merged / f("original_images_per_s")
+        ),
+        "{v}"
+    );
+    assert!(
+        close(
+            f("speedup_vs_unmerged"),
+            merged / f("unmerged_images_per_s")
+        ),
+        "{v}"
+    );
 }
 
 #[test]
@@ -399,5 +421,139 @@ fn stage_inputs_are_checked() {
             "1",
         ],
         "bogus.json",
+    );
+}
+
+/// A finetuned checkpoint carries its keep list: `merge`, `eval` and `infer` use it without
+/// `--keep`, accept the same list, and refuse another one naming both (it would silently run
+/// another function). A config's `[distill]` table alone does not turn distillation on.
+#[test]
+fn a_finetuned_checkpoint_carries_its_keep_list() {
+    let dir = scratch("stored-keep");
+    let (_, weights) = pretrained(&dir);
+    // The same config with a [distill] table: finetuning without --distill must not distil.
+    let with_distill = dir.join("distill.toml");
+    std::fs::write(&with_distill, format!("{TINY}\n[distill]\nalpha = 0.5\n")).unwrap();
+    let keep = "0,0,0,0,1,1,0,0,0,0,0,0,0,0,1,1,1,1,1";
+    let other = "0,0,0,0,1,1,0,0,0,0,0,0,0,1,1,1,1,1,1";
+    let ft = dir.join("ft");
+    let stdout = ok(&[
+        "--threads",
+        "2",
+        "finetune",
+        "--config",
+        s(&with_distill),
+        "--pretrained",
+        s(&weights),
+        "--keep",
+        keep,
+        "--out",
+        s(&ft),
+    ]);
+    assert!(!stdout.contains("distilled"), "{stdout}");
+    let finetuned = ft.join("last.safetensors");
+    let meta = checkpoint::load(&finetuned).unwrap().metadata;
+    assert!(
+        meta["config"].get("distill").is_none(),
+        "{}",
+        meta["config"]
+    );
+    let f = s(&finetuned);
+
+    let merged = dir.join("merged.safetensors");
+    let stdout = ok(&["merge", "--weights", f, "--out", s(&merged)]);
+    assert!(stdout.contains("merged 10 of 17 blocks"), "{stdout}");
+    ok(&["merge", "--weights", f, "--keep", keep, "--out", s(&merged)]);
+    fails_with(
+        &[
+            "merge",
+            "--weights",
+            f,
+            "--keep",
+            other,
+            "--out",
+            s(&merged),
+        ],
+        &format!("--keep {other} differs from the keep list {keep} stored in"),
+    );
+    fails_with(
+        &["merge", "--weights", s(&weights), "--out", s(&merged)],
+        "keeps every activation",
+    );
+    let plain = ok(&["eval", "--weights", f, "--json"]);
+    assert_eq!(
+        ok(&["eval", "--weights", f, "--keep", keep, "--json"]),
+        plain
+    );
+    fails_with(
+        &["eval", "--weights", f, "--keep", other],
+        "differs from the keep list",
+    );
+    fails_with(
+        &["eval", "--weights", s(&merged), "--keep", other],
+        "differs from the keep list",
+    );
+    fails_with(
+        &[
+            "infer",
+            "--weights",
+            f,
+            "--keep",
+            other,
+            "--input",
+            s(&dir.join("x.safetensors")),
+            "--output",
+            s(&dir.join("y.safetensors")),
+        ],
+        "differs from the keep list",
+    );
+    // A network that keeps everything still takes a --keep (the activations to remove).
+    let removed = ok(&["eval", "--weights", s(&weights), "--keep", keep, "--json"]);
+    assert_ne!(removed, ok(&["eval", "--weights", s(&weights), "--json"]));
+}
+
+/// A latency table measured for another architecture or input size is refused by name.
+#[test]
+fn search_refuses_a_latency_table_of_another_network() {
+    let dir = scratch("tables");
+    let (config, weights) = pretrained(&dir);
+    let table = |name: &str, extra: &[&str]| -> String {
+        let path = dir.join(name);
+        let mut args = vec!["latency", "--runs", "1", "--num-classes", "10"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--out", s(&path)]);
+        ok(&args);
+        s(&path).to_string()
+    };
+    let search = |table: &str| {
+        vec![
+            "search".to_string(),
+            "--config".into(),
+            config.clone(),
+            "--pretrained".into(),
+            s(&weights).into(),
+            "--latency".into(),
+            table.into(),
+            "--out".into(),
+            s(&dir.join("search")).into(),
+        ]
+    };
+    let wider = table("w05.json", &["--width", "0.5", "--res", "32"]);
+    let args = search(&wider);
+    fails_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "was measured for MobileNetV2 w0.5, ImageNet layout, 10 classes, the network is MobileNetV2 w0.25",
+    );
+    let smaller = table("r16.json", &["--width", "0.25", "--res", "16"]);
+    let args = search(&smaller);
+    fails_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "measured at 16×16 input, the network runs at 32×32",
+    );
+    let cifar = table("cifar.json", &["--width", "0.25", "--cifar"]);
+    let args = search(&cifar);
+    fails_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "CIFAR layout",
     );
 }

@@ -23,6 +23,18 @@ pub struct ArchConfig {
     pub cifar: bool,
 }
 
+/// "MobileNetV2 w0.5, CIFAR layout, 10 classes": how messages name an architecture.
+impl std::fmt::Display for ArchConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let layout = if self.cifar { "CIFAR" } else { "ImageNet" };
+        match self.family {
+            Family::MobilenetV2 => write!(f, "MobileNetV2 w{}", self.width)?,
+            Family::EfficientnetLite0 => write!(f, "EfficientNet-Lite0")?,
+        }
+        write!(f, ", {layout} layout, {} classes", self.num_classes)
+    }
+}
+
 impl ArchConfig {
     pub fn mobilenet_v2(width: f32, num_classes: usize, cifar: bool) -> Self {
         ArchConfig {

@@ -365,6 +365,22 @@ impl MobileNet {
         Ok(net)
     }
 
+    /// The network the method starts from, with these weights: every activation back to ReLU6
+    /// and ordinary padding (no pad-first). What a speed-up of the method is measured against.
+    /// Fails for merged blocks, whose weights no longer hold the block.
+    pub fn original(&self) -> Result<MobileNet> {
+        if self.blocks.iter().any(|b| matches!(b, Block::Merged(_))) {
+            return Err(TensorError::argument(
+                "original",
+                "a merged network no longer holds its blocks' weights: start from the unmerged one",
+            ));
+        }
+        let mut net = self.clone();
+        net.search = None;
+        net.apply_keep(&vec![true; net.num_acts()])?;
+        Ok(net)
+    }
+
     /// Number of activation indices (stem, every block, head).
     pub fn num_acts(&self) -> usize {
         self.blocks.len() + 2

@@ -53,6 +53,43 @@ pub struct LatencyTable {
 }
 
 impl LatencyTable {
+    /// Checks that this table was measured for `arch` (and, when given, at input size `res`):
+    /// a table of another network would weigh the wrong blocks. The error names the mismatch.
+    pub fn check(&self, arch: &ArchConfig, res: Option<usize>) -> std::result::Result<(), String> {
+        if self.arch != *arch {
+            return Err(format!(
+                "the table was measured for {}, the network is {}",
+                self.arch, arch
+            ));
+        }
+        let blocks = arch.spec().blocks.len();
+        if self.blocks.len() != blocks {
+            return Err(format!(
+                "the table has {} blocks, the network {blocks}",
+                self.blocks.len()
+            ));
+        }
+        if let Some((i, b)) = self
+            .blocks
+            .iter()
+            .enumerate()
+            .find(|(i, b)| b.index != i + 1)
+        {
+            return Err(format!(
+                "the table's block {i} has activation index {}, expected {}",
+                b.index,
+                i + 1
+            ));
+        }
+        match res {
+            Some(res) if res != self.res => Err(format!(
+                "the table was measured at {}×{} input, the network runs at {res}×{res}",
+                self.res, self.res
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// ΔL per activation index (stem and head: 0, nothing to merge).
     pub fn savings(&self) -> Vec<f64> {
         let mut s = vec![0.0; self.blocks.len() + 2];
@@ -108,6 +145,44 @@ pub fn compare_networks(
         .collect();
     let mut fs: Vec<&mut dyn FnMut() -> Result<()>> = fs.iter_mut().map(|f| f as _).collect();
     interleaved_medians(runs, &mut fs)
+}
+
+/// Inference speed of a compressed network at one batch size, three ways, timed interleaved in
+/// one process (images/s): the **original** architecture with the same weights (every
+/// activation, ordinary padding) — what a speed-up of the method is measured against — the
+/// finetuned network before merging (pad-first blocks), and the merged network.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    pub batch: usize,
+    pub original: f64,
+    pub unmerged: f64,
+    pub merged: f64,
+    /// merged / original: the method's speed-up.
+    pub speedup_vs_original: f64,
+    /// merged / unmerged (pad-first): what merging alone buys.
+    pub speedup_vs_unmerged: f64,
+}
+
+/// Times `unmerged`'s original architecture, `unmerged` and `merged` interleaved (median of
+/// `runs` passes each) on a `batch` × 3 × `res`² input.
+pub fn compare_with_original(
+    unmerged: &MobileNet,
+    merged: &MobileNet,
+    res: usize,
+    batch: usize,
+    runs: usize,
+) -> Result<Throughput> {
+    let original = unmerged.original()?;
+    let ms = compare_networks(&[&original, unmerged, merged], res, batch, runs)?;
+    let ips = |ms: f64| batch as f64 / (ms / 1e3);
+    Ok(Throughput {
+        batch,
+        original: ips(ms[0]),
+        unmerged: ips(ms[1]),
+        merged: ips(ms[2]),
+        speedup_vs_original: ms[0] / ms[2],
+        speedup_vs_unmerged: ms[1] / ms[2],
+    })
 }
 
 fn input(shape: &[usize]) -> Result<Var> {

@@ -440,6 +440,17 @@ pub struct Data {
     pub test: Loader,
 }
 
+impl Data {
+    /// The side of the evaluation images (what the network runs at), read off the first test
+    /// batch.
+    pub fn input_res(&self) -> Result<usize, TrainError> {
+        match self.test.epoch(0).next() {
+            Some(batch) => Ok(batch?.images.shape()[2]),
+            None => Err(TrainError::Config("the test split is empty".into())),
+        }
+    }
+}
+
 impl DataConfig {
     /// The (train, eval) transforms of this config for `splits`.
     pub fn transforms(
