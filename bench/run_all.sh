@@ -43,14 +43,14 @@ python3 bench/compare.py "$OUT/models-rust.jsonl" "$OUT/models-torch.jsonl" --ke
 python3 bench/compare.py "$OUT/models-rust.jsonl" "$OUT/models-ort.jsonl" --key images_per_s --names depthshrink,ONNXRuntime > "$OUT/models-ort.md"
 fi
 
-# Merged vs unmerged (config D), this project's kernels only.
+# The method's speed-up: original vs pad-first unmerged vs merged, interleaved in one process
+# (this project's kernels): the shipped CIFAR-10 network and MobileNetV2-1.4 config D.
 if run merge; then
-D=0,0,0,0,1,1,0,0,0,0,0,0,0,0,1,1,1,1,1
+D=configs/mbv2-140-D.toml
+W=models/cifar10-mbv2-w0.5-ds-keep10.safetensors
 : > "$OUT/merge.jsonl"
-for args in "--cifar --width 0.5 --batch 1" "--cifar --width 0.5 --batch 64" "--width 1.4 --batch 1" "--width 1.4 --batch 64 --runs 3"; do
-  for m in "" "--merged"; do
-    echo "{\"case\": \"$args $m\", \"result\": $("$B" --threads "$T" bench infer $args --keep $D $m --json)}" >> "$OUT/merge.jsonl"
-  done
+for args in "--weights $W --res 32 --batch 1" "--weights $W --res 32 --batch 64" "--width 1.4 --keep $D --batch 1" "--width 1.4 --keep $D --batch 64 --runs 5"; do
+  "$B" --threads "$T" bench infer --compare $args --json >> "$OUT/merge.jsonl"
 done
 "$B" --threads "$T" latency --cifar --width 0.5 --batch 64 --out "$OUT/latency-cifar-w0.5-b64.json" > "$OUT/latency-cifar-w0.5-b64.txt"
 "$B" --threads "$T" latency --width 1.4 --batch 1 --out "$OUT/latency-w1.4-b1.json" > "$OUT/latency-w1.4-b1.txt"

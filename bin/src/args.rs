@@ -1,9 +1,9 @@
 //! Arguments shared by several subcommands.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use clap::Args;
-use depthshrink_nn::arch::ArchConfig;
+use clap::{Args, ValueEnum};
+use depthshrink_nn::arch::{ArchConfig, Family};
 use depthshrink_nn::checkpoint;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_shrinker::search::SearchOutput;
@@ -17,16 +17,17 @@ pub enum ModelName {
     EfficientnetLite0,
 }
 
-/// The architecture flags. Files written by depthshrink carry their architecture, which then
-/// takes precedence; the flags describe files that do not (e.g. torchvision exports).
+/// The architecture flags. Files written by depthshrink carry their architecture, which is then
+/// used, and a flag given explicitly that contradicts it is an error; the flags describe files
+/// that carry none (e.g. torchvision exports). Unset flags take their defaults.
 #[derive(Args, Clone, Debug)]
 pub struct ArchArgs {
-    /// Network family.
-    #[arg(long, value_enum, default_value = "mobilenet_v2")]
-    pub model: ModelName,
-    /// Channel width multiplier (MobileNetV2).
-    #[arg(long, default_value_t = 1.0)]
-    pub width: f32,
+    /// Network family [default: mobilenet_v2].
+    #[arg(long, value_enum)]
+    pub model: Option<ModelName>,
+    /// Channel width multiplier (MobileNetV2) [default: 1.0].
+    #[arg(long)]
+    pub width: Option<f32>,
     /// Number of classes of the classifier [default: 10 with --cifar, else 1000].
     #[arg(long)]
     pub num_classes: Option<usize>,
@@ -37,11 +38,9 @@ pub struct ArchArgs {
 
 impl ArchArgs {
     pub fn arch(&self) -> Result<ArchConfig, String> {
-        if !(self.width > 0.0 && self.width.is_finite()) {
-            return Err(format!(
-                "--width must be a positive number, got {}",
-                self.width
-            ));
+        let width = self.width.unwrap_or(1.0);
+        if !(width > 0.0 && width.is_finite()) {
+            return Err(format!("--width must be a positive number, got {width}"));
         }
         let classes = self
             .num_classes
@@ -49,10 +48,50 @@ impl ArchArgs {
         if classes == 0 {
             return Err("--num-classes must be at least 1".into());
         }
-        Ok(match self.model {
-            ModelName::MobilenetV2 => ArchConfig::mobilenet_v2(self.width, classes, self.cifar),
+        Ok(match self.model.unwrap_or(ModelName::MobilenetV2) {
+            ModelName::MobilenetV2 => ArchConfig::mobilenet_v2(width, classes, self.cifar),
             ModelName::EfficientnetLite0 => ArchConfig::efficientnet_lite0(classes, self.cifar),
         })
+    }
+
+    /// Refuses flags given explicitly that contradict the architecture `stored` in `file`
+    /// (they would otherwise be silently ignored), naming each flag with its value.
+    pub fn check_stored(&self, stored: &ArchConfig, file: &Path) -> Result<(), String> {
+        let mut clashes = Vec::new();
+        if let Some(m) = self.model {
+            let family = match m {
+                ModelName::MobilenetV2 => Family::MobilenetV2,
+                ModelName::EfficientnetLite0 => Family::EfficientnetLite0,
+            };
+            if family != stored.family
+                && let Some(name) = m.to_possible_value()
+            {
+                clashes.push(format!("--model {}", name.get_name()));
+            }
+        }
+        if let Some(w) = self.width.filter(|&w| w != stored.width) {
+            clashes.push(format!("--width {w}"));
+        }
+        if let Some(n) = self.num_classes.filter(|&n| n != stored.num_classes) {
+            clashes.push(format!("--num-classes {n}"));
+        }
+        if self.cifar && !stored.cifar {
+            clashes.push("--cifar".into());
+        }
+        if clashes.is_empty() {
+            return Ok(());
+        }
+        let verb = if clashes.len() == 1 {
+            "contradicts"
+        } else {
+            "contradict"
+        };
+        Err(format!(
+            "{} {verb} the architecture stored in {} ({stored}): leave the flag out, the file's \
+             own architecture is used",
+            clashes.join(", "),
+            file.display()
+        ))
     }
 }
 
@@ -66,6 +105,11 @@ pub fn load_model(
     keep: Option<&str>,
 ) -> Result<MobileNet, String> {
     let ckpt = checkpoint::load(weights).map_err(|e| e.to_string())?;
+    if let Some(stored) = ckpt.metadata.get("arch")
+        && let Ok(stored) = serde_json::from_value::<ArchConfig>(stored.clone())
+    {
+        arch.check_stored(&stored, weights)?;
+    }
     let mut net =
         MobileNet::from_checkpoint(&ckpt, Some(&arch.arch()?)).map_err(|e| e.to_string())?;
     if let Some(keep) = keep {
@@ -91,6 +135,57 @@ pub fn keep_text(keep: &[bool]) -> String {
     bits.join(",")
 }
 
+/// Refuses an output path (given as `flag`) that is one of the command's `inputs` (flag, path):
+/// writing it would destroy the input. Paths are compared resolved (`./a` and `a`, symlinks,
+/// and on Unix hard links too); an output that does not exist yet cannot be an input.
+pub fn refuse_overwriting_inputs(
+    flag: &str,
+    out: &Path,
+    inputs: &[(&str, &Path)],
+) -> Result<(), String> {
+    match inputs.iter().find(|(_, input)| same_file(out, input)) {
+        Some((input_flag, input)) => Err(format!(
+            "{flag} {} is the same file as {input_flag} {}: writing it would destroy that \
+             input; choose another output path",
+            out.display(),
+            input.display()
+        )),
+        None => Ok(()),
+    }
+}
+
+/// True when both paths exist and name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return (a.dev(), a.ino()) == (b.dev(), b.ino());
+        }
+    }
+    matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+/// The file a `--keep` argument reads, if it names an existing one (for
+/// [`refuse_overwriting_inputs`]).
+pub fn keep_file(arg: &str) -> Option<PathBuf> {
+    [arg, count_suffix(arg).0]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// `FILE:N` split into `FILE` and `N`; `(arg, None)` without a numeric suffix.
+fn count_suffix(arg: &str) -> (&str, Option<usize>) {
+    match arg.rsplit_once(':') {
+        Some((file, n)) => match n.parse() {
+            Ok(n) => (file, Some(n)),
+            Err(_) => (arg, None),
+        },
+        None => (arg, None),
+    }
+}
+
 /// Writes `value` as pretty JSON, atomically (temp file, then rename).
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), String> {
     let json = serde_json::to_vec_pretty(value).expect("our outputs serialise to JSON");
@@ -103,16 +198,23 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), Stri
 /// search.json), or a TOML file with `keep = [...]` (configs/mbv2-140-*.toml). `FILE:N` picks
 /// the list keeping N activations from a search.json's `keep_lists`.
 pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
-    if let Some((file, kept)) = arg.rsplit_once(':')
-        && let Ok(kept) = kept.parse::<usize>()
-        && !Path::new(arg).exists()
+    let path = Path::new(arg);
+    if let (file, Some(kept)) = count_suffix(arg)
+        && !path.exists()
         && Path::new(file).is_file()
     {
         return search_keep_list(file, kept);
     }
-    let text = if Path::new(arg).is_file() {
+    let text = if path.is_file() {
         std::fs::read_to_string(arg).map_err(|e| format!("--keep: cannot read {arg}: {e}"))?
+    } else if path.exists() {
+        return Err(format!("--keep: {arg} is not a file"));
     } else {
+        // A path that is not there would otherwise be parsed as a list of 0/1.
+        let file = count_suffix(arg).0;
+        if file.contains(['/', '\\']) || file.ends_with(".json") || file.ends_with(".toml") {
+            return Err(format!("--keep: {file} does not exist"));
+        }
         arg.to_string()
     };
     let trimmed = text.trim();
@@ -177,6 +279,94 @@ mod tests {
         assert!(parse_keep("1,x").unwrap_err().contains("`x`"));
         let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/mbv2-140-D.toml");
         assert_eq!(parse_keep(d).unwrap().iter().filter(|&&k| k).count(), 7);
+    }
+
+    #[test]
+    fn a_keep_file_that_is_not_there_is_called_missing() {
+        for (arg, file) in [
+            ("runs/x/search.json", "runs/x/search.json"),
+            ("runs/x/search.json:5", "runs/x/search.json"),
+            ("search.json", "search.json"),
+            ("keep.toml", "keep.toml"),
+        ] {
+            let err = parse_keep(arg).unwrap_err();
+            assert_eq!(err, format!("--keep: {file} does not exist"));
+        }
+        let err = parse_keep(env!("CARGO_MANIFEST_DIR")).unwrap_err();
+        assert!(err.ends_with("is not a file"), "{err}");
+        assert!(
+            parse_keep("1,0,x")
+                .unwrap_err()
+                .contains("`x` is not 0 or 1")
+        );
+    }
+
+    #[test]
+    fn explicit_arch_flags_must_agree_with_the_stored_architecture() {
+        let stored = ArchConfig::mobilenet_v2(0.5, 10, true);
+        let file = Path::new("w.safetensors");
+        let flags = |model, width, num_classes, cifar| ArchArgs {
+            model,
+            width,
+            num_classes,
+            cifar,
+        };
+        assert!(
+            flags(None, None, None, false)
+                .check_stored(&stored, file)
+                .is_ok()
+        );
+        let same = flags(Some(ModelName::MobilenetV2), Some(0.5), Some(10), true);
+        assert!(same.check_stored(&stored, file).is_ok());
+        for (args, flag) in [
+            (flags(None, Some(1.0), None, false), "--width 1 "),
+            (flags(None, None, Some(100), false), "--num-classes 100 "),
+            (
+                flags(Some(ModelName::EfficientnetLite0), None, None, false),
+                "--model efficientnet_lite0 ",
+            ),
+        ] {
+            let err = args.check_stored(&stored, file).unwrap_err();
+            assert!(err.starts_with(flag), "{err}");
+            assert!(
+                err.contains(
+                    "stored in w.safetensors (MobileNetV2 w0.5, CIFAR layout, 10 classes)"
+                ),
+                "{err}"
+            );
+        }
+        let err = flags(None, Some(1.0), Some(100), false)
+            .check_stored(&stored, file)
+            .unwrap_err();
+        assert!(
+            err.starts_with("--width 1, --num-classes 100 contradict "),
+            "{err}"
+        );
+        let imagenet = ArchConfig::mobilenet_v2(0.5, 10, false);
+        let err = flags(None, None, None, true)
+            .check_stored(&imagenet, file)
+            .unwrap_err();
+        assert!(err.starts_with("--cifar contradicts"), "{err}");
+    }
+
+    #[test]
+    fn an_output_is_refused_when_it_resolves_to_an_input() {
+        let dir = std::env::temp_dir().join(format!("ds-args-same-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let input = dir.join("w.safetensors");
+        std::fs::write(&input, b"w").unwrap();
+        let dotted = dir.join("sub/../w.safetensors");
+        let err =
+            refuse_overwriting_inputs("--out", &dotted, &[("--weights", &input)]).unwrap_err();
+        assert!(err.contains("is the same file as --weights"), "{err}");
+        let fresh = dir.join("new.safetensors");
+        assert!(refuse_overwriting_inputs("--out", &fresh, &[("--weights", &input)]).is_ok());
+        assert_eq!(
+            keep_file(&format!("{}:3", input.display())),
+            Some(input.clone())
+        );
+        assert_eq!(keep_file("1,0,1"), None);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

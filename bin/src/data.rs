@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use depthshrink_data::{InspectOptions, inspect, open_or_synthetic};
+use depthshrink_data::{InspectOptions, InspectReport, inspect, open_or_synthetic};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -27,7 +27,13 @@ pub struct InspectArgs {
     /// Images pushed through the training loader to measure throughput (0: skip).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     throughput_images: usize,
+    /// Exit with an error when any scanned image is unreadable (after the report).
+    #[arg(long)]
+    strict: bool,
 }
+
+/// Unreadable files listed per split; the rest are counted.
+const MAX_LISTED: usize = 20;
 
 pub fn run(cmd: DataCommand) -> Result<(), String> {
     let DataCommand::Inspect(args) = cmd;
@@ -46,7 +52,7 @@ pub fn run(cmd: DataCommand) -> Result<(), String> {
             .map(|s| {
                 json!({
                     "name": s.name, "images": s.len, "scanned": s.scanned,
-                    "bad": s.bad.iter().map(|b| json!({"index": b.index, "reason": b.reason})).collect::<Vec<_>>(),
+                    "bad": s.bad.iter().map(|b| json!({"index": b.index, "path": b.path.as_ref().map(|p| p.display().to_string()), "reason": b.reason})).collect::<Vec<_>>(),
                     "sizes": s.sizes.as_ref().map(|z| json!({"min": z.min, "max": z.max, "distinct": z.distinct_count})),
                     "mean": s.mean, "std": s.std,
                 })
@@ -62,7 +68,7 @@ pub fn run(cmd: DataCommand) -> Result<(), String> {
             "counts": counts, "images_per_s": r.images_per_s,
         });
         println!("{report}");
-        return Ok(());
+        return strict_check(&r, args.strict);
     }
     let root = r
         .root
@@ -90,7 +96,13 @@ pub fn run(cmd: DataCommand) -> Result<(), String> {
             s.mean[0], s.mean[1], s.mean[2], s.std[0], s.std[1], s.std[2]
         );
         if !s.bad.is_empty() {
-            println!("  {} unreadable images", s.bad.len());
+            println!("  {} unreadable images:", s.bad.len());
+            for bad in s.bad.iter().take(MAX_LISTED) {
+                println!("    {bad}");
+            }
+            if s.bad.len() > MAX_LISTED {
+                println!("    and {} more", s.bad.len() - MAX_LISTED);
+            }
         }
         let width = r.classes.iter().map(String::len).max().unwrap_or(0);
         for (class, count) in r.classes.iter().zip(&s.counts) {
@@ -100,5 +112,20 @@ pub fn run(cmd: DataCommand) -> Result<(), String> {
     if let Some(ips) = r.images_per_s {
         println!("\ntraining loader with augmentation: {ips:.0} images/s");
     }
-    Ok(())
+    strict_check(&r, args.strict)
+}
+
+/// With `--strict`, an error when any split has unreadable images.
+fn strict_check(r: &InspectReport, strict: bool) -> Result<(), String> {
+    let bad: usize = r.splits.iter().map(|s| s.bad.len()).sum();
+    if !strict || bad == 0 {
+        return Ok(());
+    }
+    let root = r
+        .root
+        .as_ref()
+        .map_or("the data set".to_string(), |p| p.display().to_string());
+    Err(format!(
+        "{root}: {bad} unreadable images (listed above); --strict refuses them"
+    ))
 }

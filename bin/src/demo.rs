@@ -13,9 +13,9 @@ use depthshrink_nn::checkpoint;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::state_dict;
 use depthshrink_shrinker::finetune::DistillConfig;
-use depthshrink_shrinker::latency::{LatencyTable, compare_networks, measure};
+use depthshrink_shrinker::latency::{LatencyTable, Throughput, compare_with_original, measure};
 use depthshrink_shrinker::merge::{MERGE_TOLERANCE, blocks_to_merge, merge_network, verify};
-use depthshrink_shrinker::search::{SearchConfig, bits};
+use depthshrink_shrinker::search::bits;
 use depthshrink_shrinker::train::{CrossEntropy, LAST, TrainConfig, Trainer, evaluate};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
@@ -43,14 +43,14 @@ pub struct DemoArgs {
     /// [default: the config's lr / 5].
     #[arg(long, value_name = "LR")]
     pub stage_lr: Option<f64>,
-    /// Fraction of activation indices kept.
-    #[arg(long, value_name = "R", default_value_t = 0.5)]
-    pub keep_ratio: f64,
+    /// Fraction of activation indices kept [default: the config's `search.keep_ratio`].
+    #[arg(long, value_name = "R")]
+    pub keep_ratio: Option<f64>,
     /// Epochs of the search (stage 1).
     #[arg(long, value_name = "N", default_value_t = 2)]
     pub search_epochs: usize,
     /// Epochs of finetuning (stage 2).
-    #[arg(long, value_name = "N", default_value_t = 6)]
+    #[arg(long, value_name = "N", default_value_t = 5)]
     pub finetune_epochs: usize,
     /// Use this latency table (from `depthshrink latency --out` or an earlier demo's
     /// latency.json) instead of measuring one: the search then repeats exactly, where a fresh
@@ -76,8 +76,8 @@ struct Summary {
     max_abs_error: f32,
     max_rel_error: f32,
     res: usize,
-    /// (batch, unmerged images/s, merged images/s)
-    throughput: Vec<(usize, f64, f64)>,
+    /// Original, pad-first unmerged and merged images/s at batch 1 and the bench batch.
+    throughput: Vec<Throughput>,
     seconds: f64,
 }
 
@@ -87,8 +87,15 @@ const SHIPPED: &str = concat!(
     "/../models/synthetic-mbv2-w0.5.safetensors"
 );
 
-fn stage(n: usize, title: &str) {
-    println!("\n== [{n}/6] {title}");
+/// Timed passes per network and batch size in the final benchmark (the median is reported).
+const BENCH_RUNS: usize = 21;
+/// Timed passes per block in the latency table: medians of this many keep the load of a shared
+/// machine out of the ΔL the search weighs.
+const LATENCY_RUNS: usize = 15;
+
+/// A stage's header and, for a reader following along, one line on what it does.
+fn stage(n: usize, title: &str, what: &str) {
+    println!("\n== [{n}/6] {title}\n   {what}");
 }
 
 /// A stage's run directory already holding a checkpoint is resumed (a finished stage just
@@ -117,16 +124,25 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
             "--search-epochs, --finetune-epochs and --bench-batch must be at least 1".into(),
         );
     }
-    let search = SearchConfig {
-        keep_ratio: args.keep_ratio,
-        ..config.search.clone().unwrap_or_default()
-    };
+    if let Some(lr) = args.stage_lr
+        && !(lr.is_finite() && lr > 0.0)
+    {
+        return Err(format!("--stage-lr must be a positive number, got {lr}"));
+    }
+    let mut search = config.search.clone().unwrap_or_default();
+    if let Some(r) = args.keep_ratio {
+        search.keep_ratio = r;
+    }
     search
         .validate()
         .map_err(|e| format!("--keep-ratio: {e}"))?;
     let out = args.setup.out_dir(&stem, "-demo");
 
-    stage(1, "pretrained network");
+    stage(
+        1,
+        "pretrained network",
+        "the compact CNN the method starts from, with every ReLU6 in place",
+    );
     let shipped = Path::new(SHIPPED);
     let default_setup = args.setup.config.is_none() && args.setup.data.is_none();
     let pretrained = match (&args.pretrained, args.pretrain_epochs) {
@@ -151,14 +167,15 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
         }
     };
     let data = config.data.open(config.seed).map_err(|e| e.to_string())?;
-    let res = match data.test.epoch(0).next() {
-        Some(batch) => batch.map_err(|e| e.to_string())?.images.shape()[2],
-        None => return Err("the test split is empty".into()),
-    };
+    let res = data.input_res().map_err(|e| e.to_string())?;
     let before = evaluate(&pretrained, &data.test).map_err(|e| e.to_string())?;
     println!("pretrained: top-1 {}", pct(Some(before.top1)));
 
-    stage(2, "latency table (this machine, this project's kernels)");
+    stage(
+        2,
+        "latency table",
+        "times every block on this machine as it is and merged into one dense conv: the saving ΔL the search weighs",
+    );
     let table = match &args.latency {
         Some(path) => {
             println!("reading {}", path.display());
@@ -167,7 +184,11 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
         None => latency_table(&pretrained, res, args.bench_batch, &out)?,
     };
 
-    stage(3, "search: which activations are redundant");
+    stage(
+        3,
+        "search: which activations are redundant",
+        "learns one score per activation while training with the highest-scored ones removed; the latency term pushes blocks whose merge saves the most towards removal",
+    );
     let stage_lr = args.stage_lr.unwrap_or(config.lr.lr() / 5.0);
     let mut search_config = config.clone();
     search_config.lr.set_lr(stage_lr);
@@ -186,7 +207,8 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
 
     stage(
         4,
-        "finetune with self-distillation, from the pretrained weights",
+        "finetune without them",
+        "removes the activations the search dropped (one ReLU6 stays after each linearised block) and finetunes from the pretrained weights, distilling from the pretrained network",
     );
     let mut finetune_config = search_config.clone();
     finetune_config.search = None;
@@ -207,7 +229,11 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     )?;
     let after = evaluate(&finetuned, &data.test).map_err(|e| e.to_string())?;
 
-    stage(5, "merge and verify");
+    stage(
+        5,
+        "merge and verify",
+        "folds batch norm and composes each linearised block (1×1 → depthwise → 1×1, skip) into one dense conv, then checks merged == unmerged on random inputs",
+    );
     let merge = blocks_to_merge(&finetuned, false, Some(&table));
     let mut merged = merge_network(&finetuned, &merge).map_err(|e| e.to_string())?;
     let err = verify(
@@ -236,18 +262,20 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     println!("wrote {}", merged_path.display());
     let merged_eval = evaluate(&merged, &data.test).map_err(|e| e.to_string())?;
 
-    stage(6, "benchmark: unmerged vs merged inference");
+    stage(
+        6,
+        "benchmark: original vs merged inference",
+        "times the original network (every activation, the same weights), the finetuned one before merging and the merged one, interleaved in this process",
+    );
     let mut throughput = Vec::new();
     for batch in [1, args.bench_batch] {
-        let ms =
-            compare_networks(&[&finetuned, &merged], res, batch, 15).map_err(|e| e.to_string())?;
-        let ips = |ms: f64| batch as f64 / (ms / 1e3);
+        let t = compare_with_original(&finetuned, &merged, res, batch, BENCH_RUNS)
+            .map_err(|e| e.to_string())?;
         println!(
-            "batch {batch}: unmerged {:.1} images/s, merged {:.1} images/s",
-            ips(ms[0]),
-            ips(ms[1])
+            "batch {batch}: original {:.1} images/s, merged {:.1} images/s: {:.2}× faster (unmerged, pad-first: {:.1} images/s)",
+            t.original, t.merged, t.speedup_vs_original, t.unmerged
         );
-        throughput.push((batch, ips(ms[0]), ips(ms[1])));
+        throughput.push(t);
     }
 
     let summary = Summary {
@@ -309,7 +337,7 @@ fn latency_table(
         ProgressStyle::with_template("timing blocks {bar:30} {pos}/{len} {elapsed}")
             .expect("valid template"),
     );
-    let table = measure(&net.arch, res, batch, 7, |done, _| {
+    let table = measure(&net.arch, res, batch, LATENCY_RUNS, |done, _| {
         bar.set_position(done as u64)
     })
     .map_err(|e| e.to_string())?;
@@ -354,10 +382,13 @@ fn print_summary(s: &Summary) {
         s.max_abs_error, s.max_rel_error
     );
     println!(
-        "{:<10} {:>18} {:>18} {:>9}",
-        "batch", "unmerged img/s", "merged img/s", "speed-up"
+        "{:<7} {:>15} {:>13} {:>22} {:>23}",
+        "batch", "original img/s", "merged img/s", "speed-up vs original", "unmerged (pad-first)"
     );
-    for &(batch, u, m) in &s.throughput {
-        println!("{batch:<10} {u:>18.1} {m:>18.1} {:>8.2}×", m / u);
+    for t in &s.throughput {
+        println!(
+            "{:<7} {:>15.1} {:>13.1} {:>21.2}× {:>14.1} img/s {:.2}×",
+            t.batch, t.original, t.merged, t.speedup_vs_original, t.unmerged, t.speedup_vs_unmerged
+        );
     }
 }

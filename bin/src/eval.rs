@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use clap::Args;
 use depthshrink_data::open_or_synthetic;
-use depthshrink_nn::checkpoint;
+use depthshrink_nn::checkpoint::{self, write_atomic};
 use depthshrink_shrinker::train::{DataConfig, Subset, TrainConfig, eval_loader, evaluate};
 
-use crate::args::{ArchArgs, load_model};
+use crate::args::{ArchArgs, keep_file, load_model, refuse_overwriting_inputs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -51,6 +51,12 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
     }
     if args.limit == Some(0) {
         return Err("--limit must be at least 1".into());
+    }
+    if let Some(path) = &args.confusion {
+        let keep = args.keep.as_deref().and_then(keep_file);
+        let mut inputs = vec![("--weights", args.weights.as_path())];
+        inputs.extend(keep.as_deref().map(|k| ("--keep", k)));
+        refuse_overwriting_inputs("--confusion", path, &inputs)?;
     }
     // The training config recorded in the checkpoint decides the eval transform (and the data
     // directory when --data is absent).
@@ -114,7 +120,8 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
             }
             csv.push('\n');
         }
-        std::fs::write(path, csv).map_err(|e| format!("{}: {e}", path.display()))?;
+        write_atomic(path, csv.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
     if args.json {
         let record = serde_json::json!({

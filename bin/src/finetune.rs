@@ -6,8 +6,10 @@ use std::time::Instant;
 
 use clap::Args;
 use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_nn::module::state_dict;
 use depthshrink_shrinker::finetune::{Distill, student};
 use depthshrink_shrinker::train::{CrossEntropy, Objective, TrainConfig, Trainer};
+use serde_json::Value;
 
 use crate::args::parse_keep;
 use crate::search::load_pretrained;
@@ -59,7 +61,14 @@ pub fn run(args: &FinetuneArgs, cli_threads: Option<usize>) -> Result<(), String
     let out = args.run.setup.out_dir(&stem, "-finetune");
     let pretrained = load_pretrained(&args.pretrained)?;
     let keep = parse_keep(&args.keep)?;
-    finetune_stage(config, &pretrained, &keep, &out, args.run.resume)?;
+    finetune_from(
+        config,
+        &pretrained,
+        Some(&args.pretrained),
+        &keep,
+        &out,
+        args.run.resume,
+    )?;
     Ok(())
 }
 
@@ -69,6 +78,19 @@ pub fn run(args: &FinetuneArgs, cli_threads: Option<usize>) -> Result<(), String
 pub fn finetune_stage(
     config: TrainConfig,
     pretrained: &MobileNet,
+    keep: &[bool],
+    out: &Path,
+    resume: bool,
+) -> Result<MobileNet, String> {
+    finetune_from(config, pretrained, None, keep, out, resume)
+}
+
+/// [`finetune_stage`], naming the file `pretrained` was read from (if any) in the run's
+/// metadata beside its fingerprint.
+fn finetune_from(
+    config: TrainConfig,
+    pretrained: &MobileNet,
+    pretrained_path: Option<&Path>,
     keep: &[bool],
     out: &Path,
     resume: bool,
@@ -88,6 +110,7 @@ pub fn finetune_stage(
             out.display()
         ));
     }
+    record_teacher(&mut trainer, pretrained, pretrained_path, resume)?;
     let kept = keep.iter().filter(|&&k| k).count();
     let what = format!(
         "finetuning ({kept} of {} activations kept{})",
@@ -100,4 +123,76 @@ pub fn finetune_stage(
     );
     run_stage(&what, &mut trainer, objective.as_mut(), resume, start)?;
     Ok(trainer.model)
+}
+
+/// Where the run's metadata records the pretrained network (its `extra` object).
+const TEACHER_KEY: &str = "pretrained";
+
+/// Records the pretrained network (file and fingerprint) in the run's metadata; on resume,
+/// refuses one that differs from the recorded one: the checkpoint would then name a teacher
+/// (and a starting point) the run did not have. Runs recorded before fingerprints existed are
+/// resumed as they are, without one.
+fn record_teacher(
+    trainer: &mut Trainer,
+    pretrained: &MobileNet,
+    path: Option<&Path>,
+    resume: bool,
+) -> Result<(), String> {
+    let fingerprint = fingerprint(pretrained);
+    let name = |path: Option<&Value>| {
+        path.and_then(Value::as_str).map_or(
+            "a network from an earlier stage".to_string(),
+            str::to_string,
+        )
+    };
+    let new_path = path.map(|p| Value::String(p.display().to_string()));
+    let recorded = trainer.extra_metadata.get(TEACHER_KEY);
+    if resume {
+        let Some(recorded) = recorded else {
+            return Ok(());
+        };
+        if recorded.get("fingerprint").and_then(Value::as_str) != Some(fingerprint.as_str()) {
+            return Err(format!(
+                "--pretrained: {} (fingerprint {fingerprint}) is not the pretrained network the run in {} was started from: {} (fingerprint {}); resume with that one or start a new run in another directory",
+                name(new_path.as_ref()),
+                trainer.out.display(),
+                name(recorded.get("path")),
+                recorded
+                    .get("fingerprint")
+                    .and_then(Value::as_str)
+                    .unwrap_or("none"),
+            ));
+        }
+    }
+    let mut record = serde_json::Map::new();
+    if let Some(p) = new_path {
+        record.insert("path".into(), p);
+    }
+    record.insert("fingerprint".into(), Value::String(fingerprint));
+    trainer
+        .extra_metadata
+        .insert(TEACHER_KEY.into(), Value::Object(record));
+    Ok(())
+}
+
+/// A fingerprint of a network's tensors (names, shapes and values): FNV-1a, 64 bits, in hex.
+/// The same weights saved to another file or path give the same fingerprint.
+fn fingerprint(net: &MobileNet) -> String {
+    let mut net = net.clone();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (name, tensor) in state_dict(&mut net) {
+        eat(name.as_bytes());
+        for &d in tensor.shape() {
+            eat(&(d as u64).to_le_bytes());
+        }
+        for v in tensor.data() {
+            eat(&v.to_le_bytes());
+        }
+    }
+    format!("fnv1a64:{hash:016x}")
 }

@@ -15,9 +15,10 @@ pub struct FlopsArgs {
     #[arg(long, value_name = "LIST|FILE", conflicts_with = "config")]
     keep: Option<String>,
     /// A TOML file with `keep = [...]` and optionally a `[model]` table (e.g. configs/mbv2-140-D.toml).
+    /// With a `[model]` table, an architecture flag that contradicts it is an error.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Input resolution [default: 32 with --cifar, else 224].
+    /// Input resolution, at least 1 [default: 32 with --cifar, else 224].
     #[arg(long)]
     res: Option<usize>,
     /// Print one JSON object.
@@ -41,8 +42,29 @@ pub fn run(args: &FlopsArgs) -> Result<(), String> {
                 .map_err(|e| format!("--config: cannot read {}: {e}", path.display()))?;
             let cfg: KeepConfig =
                 toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))?;
-            let keep = cfg.keep.iter().map(|&b| b == 1).collect();
-            (cfg.model.map_or_else(|| args.arch.arch(), Ok)?, Some(keep))
+            let keep = cfg
+                .keep
+                .iter()
+                .enumerate()
+                .map(|(i, &b)| match b {
+                    0 => Ok(false),
+                    1 => Ok(true),
+                    _ => Err(format!(
+                        "--config {}: keep[{i}] = {b} is not 0 or 1",
+                        path.display()
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let arch = match cfg.model {
+                Some(model) => {
+                    // The table describes the network: a flag saying otherwise is refused,
+                    // not silently ignored.
+                    args.arch.check_stored(&model, path)?;
+                    model
+                }
+                None => args.arch.arch()?,
+            };
+            (arch, Some(keep))
         }
         None => (
             args.arch.arch()?,
@@ -59,19 +81,28 @@ pub fn run(args: &FlopsArgs) -> Result<(), String> {
         ));
     }
     let res = args.res.unwrap_or(if arch.cifar { 32 } else { 224 });
-    let f = spec.flops(res, &keep);
+    if res == 0 {
+        return Err("--res must be at least 1".into());
+    }
+    // Checked: absurd widths, resolutions or class counts overflow 64-bit counts.
+    let too_large = || {
+        format!(
+            "{arch} at {res}×{res} is too large to count: its multiply-adds or parameters overflow 64-bit integers (check --width, --res and --num-classes)"
+        )
+    };
+    let f = spec.checked_flops(res, &keep).ok_or_else(too_large)?;
+    let params = spec.checked_num_params().ok_or_else(too_large)?;
     let (macs, fvcore) = (f.macs as f64 / 1e6, f.fvcore as f64 / 1e6);
     if args.json {
         println!(
             "{}",
-            json!({"res": res, "params": spec.num_params(), "macs_m": macs, "fvcore_mflops": fvcore, "keep": keep})
+            json!({"res": res, "params": params, "macs_m": macs, "fvcore_mflops": fvcore, "keep": keep})
         );
     } else {
         let removed = keep.iter().filter(|k| !**k).count();
         println!(
-            "{res}×{res}, {} activations removed: {macs:.2} M multiply-adds, {fvcore:.2} MFLOPs (fvcore convention), {} parameters unmerged",
-            removed,
-            spec.num_params()
+            "{res}×{res}, {} activations removed: {macs:.2} M multiply-adds, {fvcore:.2} MFLOPs (fvcore convention), {params} parameters unmerged",
+            removed
         );
     }
     Ok(())

@@ -30,6 +30,9 @@ pub fn run(args: &LatencyArgs) -> Result<(), String> {
     if args.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
+    if args.runs == 0 {
+        return Err("--runs must be at least 1 (the median of no timings is undefined)".into());
+    }
     let arch = args.arch.arch()?;
     let res = args.res.unwrap_or(if arch.cifar { 32 } else { 224 });
     let bar = ProgressBar::new(arch.spec().blocks.len() as u64).with_style(

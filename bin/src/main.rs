@@ -27,7 +27,8 @@ use clap::{Parser, Subcommand};
     long_about = None
 )]
 struct Cli {
-    /// Worker threads for kernels and data loading (default: RAYON_NUM_THREADS, else all cores).
+    /// Worker threads for kernels and data loading, 1 to 4 × this machine's cores (default:
+    /// RAYON_NUM_THREADS, else all cores).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
 
@@ -81,14 +82,23 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), String> {
-    if let Some(n) = cli.threads {
-        if n == 0 {
-            return Err("--threads must be at least 1".into());
+    match cli.threads {
+        Some(n) => {
+            train::check_threads(n, &format!("--threads {n}"))?;
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build_global()
+                .map_err(|e| format!("cannot start {n} threads: {e}"))?;
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| format!("cannot start {n} threads: {e}"))?;
+        // Rayon would start this many on first use (0 or text: its own default).
+        None => {
+            if let Ok(text) = std::env::var("RAYON_NUM_THREADS")
+                && let Ok(n) = text.trim().parse::<usize>()
+                && n > 0
+            {
+                train::check_threads(n, &format!("RAYON_NUM_THREADS={n}"))?;
+            }
+        }
     }
     match cli.command {
         Command::Bench(cmd) => bench::run(cmd),

@@ -7,7 +7,7 @@ use depthshrink_nn::checkpoint;
 use depthshrink_nn::module::state_dict;
 use depthshrink_shrinker::merge::{MERGE_TOLERANCE, blocks_to_merge, merge_network, verify};
 
-use crate::args::{ArchArgs, load_model};
+use crate::args::{ArchArgs, keep_file, load_model, refuse_overwriting_inputs};
 use crate::search::read_latency;
 
 #[derive(Args)]
@@ -41,6 +41,11 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: &MergeArgs) -> Result<(), String> {
+    let keep = args.keep.as_deref().and_then(keep_file);
+    let mut inputs = vec![("--weights", args.weights.as_path())];
+    inputs.extend(keep.as_deref().map(|k| ("--keep", k)));
+    inputs.extend(args.latency.as_deref().map(|l| ("--latency", l)));
+    refuse_overwriting_inputs("--out", &args.out, &inputs)?;
     let net = load_model(&args.weights, &args.arch, args.keep.as_deref())?;
     if net.variant().keep.iter().all(|&k| k) {
         return Err(format!(

@@ -17,6 +17,7 @@ use plotters::prelude::*;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::args::refuse_overwriting_inputs;
 use crate::latency::read_table;
 
 #[derive(Args)]
@@ -28,8 +29,9 @@ pub struct PlotArgs {
     /// The SVG to write [default: plot.svg in the first run directory, or beside the table].
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// Draw a horizontal line at this test top-1 (percent), e.g. the pretrained network's.
-    #[arg(long, value_name = "PCT")]
+    /// Draw a horizontal line at this test top-1 (percent, 0-100), e.g. the pretrained
+    /// network's.
+    #[arg(long, value_name = "PCT", value_parser = percent)]
     reference: Option<f64>,
     /// Legend names for the inputs, in their order (default: their paths); e.g.
     /// `--label searched --label random`. Fewer labels than inputs leave the rest as paths.
@@ -52,24 +54,42 @@ pub struct Run {
     pub gates: Vec<GateRecord>,
 }
 
-/// Reads a run directory (or a `metrics.jsonl` path). A record repeated by a resumed run
-/// (same epoch or step) counts once, the later one.
-pub fn read_run(path: &Path, label: &str) -> Result<Run, String> {
-    let file = if path.is_dir() {
+/// A finite percentage in [0, 100] (clap's parser for `--reference`).
+fn percent(arg: &str) -> Result<f64, String> {
+    match arg.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err("must be a percentage from 0 to 100".into()),
+    }
+}
+
+/// The `metrics.jsonl` a run input names: the file itself, or the one in a run directory.
+fn metrics_file(path: &Path) -> PathBuf {
+    if path.is_dir() {
         path.join(METRICS)
     } else {
         path.to_path_buf()
-    };
+    }
+}
+
+/// Reads a run directory (or a `metrics.jsonl` path). A record repeated by a resumed run
+/// (same epoch or step) counts once, the later one. A line that is not complete JSON (the last
+/// line of a run still writing it) is skipped, with a warning on stderr naming it.
+pub fn read_run(path: &Path, label: &str) -> Result<Run, String> {
+    let file = metrics_file(path);
     let text = std::fs::read_to_string(&file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let mut epochs = BTreeMap::new();
     let mut gates = BTreeMap::new();
+    let mut torn = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{} line {}", file.display(), i + 1);
-        let value: Value = serde_json::from_str(line).map_err(|e| format!("{}: {e}", at()))?;
+        let Ok(value) = serde_json::from_str::<Value>(line) else {
+            torn.push(i + 1);
+            continue;
+        };
         if value.get("gates").is_some() {
             let r: GateRecord =
                 serde_json::from_value(value).map_err(|e| format!("{}: {e}", at()))?;
@@ -79,6 +99,9 @@ pub fn read_run(path: &Path, label: &str) -> Result<Run, String> {
                 serde_json::from_value(value).map_err(|e| format!("{}: {e}", at()))?;
             epochs.insert(m.epoch, m);
         }
+    }
+    if !torn.is_empty() {
+        eprintln!("warning: {}", skipped_lines(&file, &torn));
     }
     if epochs.is_empty() && gates.is_empty() {
         return Err(format!("{} holds no records yet", file.display()));
@@ -90,20 +113,28 @@ pub fn read_run(path: &Path, label: &str) -> Result<Run, String> {
     })
 }
 
-pub fn run(args: &PlotArgs) -> Result<(), String> {
-    let mut runs = Vec::new();
-    let mut tables = Vec::new();
-    for (path, label) in args
-        .inputs
-        .iter()
-        .zip(legend_names(&args.inputs, &args.label)?)
-    {
-        if path.is_file() && path.extension().is_some_and(|e| e == "json") {
-            tables.push((label, read_table(path)?));
-        } else {
-            runs.push(read_run(path, &label)?);
-        }
+/// "F: skipped 2 incomplete lines (7, 9); plotting the complete ones", for the warning.
+fn skipped_lines(file: &Path, lines: &[usize]) -> String {
+    const SHOWN: usize = 5;
+    let mut list: Vec<String> = lines.iter().take(SHOWN).map(usize::to_string).collect();
+    if lines.len() > SHOWN {
+        list.push("…".into());
     }
+    let s = if lines.len() == 1 { "" } else { "s" };
+    format!(
+        "{}: skipped {} incomplete line{s} ({}); plotting the complete ones",
+        file.display(),
+        lines.len(),
+        list.join(", ")
+    )
+}
+
+/// A latency table among the inputs (else a run).
+fn is_table(path: &Path) -> bool {
+    path.is_file() && path.extension().is_some_and(|e| e == "json")
+}
+
+pub fn run(args: &PlotArgs) -> Result<(), String> {
     let out = match &args.out {
         Some(out) => out.clone(),
         None => {
@@ -116,6 +147,32 @@ pub fn run(args: &PlotArgs) -> Result<(), String> {
             dir.join("plot.svg")
         }
     };
+    let read: Vec<PathBuf> = args
+        .inputs
+        .iter()
+        .map(|p| {
+            if is_table(p) {
+                p.clone()
+            } else {
+                metrics_file(p)
+            }
+        })
+        .collect();
+    let inputs: Vec<(&str, &Path)> = read.iter().map(|p| ("input", p.as_path())).collect();
+    refuse_overwriting_inputs("--out", &out, &inputs)?;
+    let mut runs = Vec::new();
+    let mut tables = Vec::new();
+    for (path, label) in args
+        .inputs
+        .iter()
+        .zip(legend_names(&args.inputs, &args.label)?)
+    {
+        if is_table(path) {
+            tables.push((label, read_table(path)?));
+        } else {
+            runs.push(read_run(path, &label)?);
+        }
+    }
     let reference = args.reference.map(|p| ("reference".to_string(), p / 100.0));
     write(&out, &render(&runs, &tables, reference.as_ref())?)?;
     println!("wrote {}", out.display());
@@ -534,10 +591,42 @@ mod tests {
     }
 
     #[test]
+    fn a_half_written_line_is_skipped_and_the_complete_ones_are_read() {
+        let dir = write("torn", &[epoch_line(1, 0.5), epoch_line(2, 0.6)]);
+        let file = dir.join(METRICS);
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(r#"{"epoch": 3, "train_loss": 1."#);
+        std::fs::write(&file, text).unwrap();
+        let run = read_run(&dir, "live").unwrap();
+        assert_eq!(run.epochs.len(), 2);
+        assert_eq!(
+            skipped_lines(&file, &[3]),
+            format!(
+                "{}: skipped 1 incomplete line (3); plotting the complete ones",
+                file.display()
+            )
+        );
+        let many = skipped_lines(&file, &[1, 2, 3, 4, 5, 6, 7]);
+        assert!(many.contains("skipped 7 incomplete lines (1, 2, 3, 4, 5, …)"));
+    }
+
+    #[test]
+    fn a_reference_is_a_finite_percentage() {
+        assert_eq!(percent("82.5"), Ok(82.5));
+        assert_eq!(percent("0"), Ok(0.0));
+        for bad in ["nan", "inf", "1e308", "-1", "100.5", "x"] {
+            assert!(percent(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn a_bad_record_is_named_by_file_and_line() {
         let dir = write(
             "bad",
-            &[epoch_line(1, 0.5), r#"{"epoch": 2, "train_loss": "#.into()],
+            &[
+                epoch_line(1, 0.5),
+                r#"{"epoch": 2, "train_loss": "x"}"#.into(),
+            ],
         );
         let err = read_run(&dir, "x").err().unwrap();
         assert!(err.contains("metrics.jsonl line 2"), "{err}");

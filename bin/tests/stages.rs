@@ -112,6 +112,8 @@ fn demo_runs_every_stage_and_the_merged_network_keeps_the_accuracy() {
         "1",
         "--bench-batch",
         "4",
+        "--keep-ratio",
+        "0.5",
     ];
     let stdout = ok(&args);
     assert!(stdout.contains("== summary"), "{stdout}");
@@ -129,6 +131,19 @@ fn demo_runs_every_stage_and_the_merged_network_keeps_the_accuracy() {
     assert!((finetuned - merged).abs() <= 1.0 / 64.0 + 1e-9, "{summary}");
     for stage in ["pretrain", "search", "finetune"] {
         assert!(out.join(stage).join("last.safetensors").exists(), "{stage}");
+    }
+    // Throughput of the original, unmerged and merged networks at batch 1 and the bench batch,
+    // the speed-up taken over the original.
+    let throughput = summary["throughput"].as_array().unwrap();
+    assert_eq!(throughput.len(), 2);
+    for (t, batch) in throughput.iter().zip([1, 4]) {
+        assert_eq!(t["batch"], batch);
+        let f = |key: &str| t[key].as_f64().unwrap_or_else(|| panic!("{key}: {t}"));
+        let speedup = f("merged") / f("original");
+        assert!(
+            (f("speedup_vs_original") - speedup).abs() <= 1e-9 * speedup,
+            "{t}"
+        );
     }
     // The search logged its gates every 2 steps (8 steps: 4 records) beside the epoch line.
     let metrics = std::fs::read_to_string(out.join("search/metrics.jsonl")).unwrap();

@@ -35,6 +35,8 @@ pub const RECORD_BYTES: usize = 1 + 3 * PLANE;
 /// One CIFAR-10 split held in memory as raw records (~150 MB for train), validated on load.
 pub struct CifarBinary {
     records: Vec<u8>,
+    /// Each batch file and its number of records, in `records` order (for `describe`).
+    files: Vec<(PathBuf, usize)>,
     classes: Vec<String>,
 }
 
@@ -42,6 +44,7 @@ impl CifarBinary {
     /// Reads and concatenates the given batch files, checking record framing and labels.
     pub fn open(files: &[PathBuf]) -> Result<CifarBinary> {
         let mut records = Vec::new();
+        let mut sources = Vec::with_capacity(files.len());
         for path in files {
             let bytes = std::fs::read(path).map_err(|source| DataError::Io {
                 path: path.clone(),
@@ -49,9 +52,11 @@ impl CifarBinary {
             })?;
             validate(path, &bytes)?;
             records.extend_from_slice(&bytes);
+            sources.push((path.clone(), bytes.len() / RECORD_BYTES));
         }
         Ok(CifarBinary {
             records,
+            files: sources,
             classes: CIFAR10_CLASSES.iter().map(|s| s.to_string()).collect(),
         })
     }
@@ -111,6 +116,23 @@ impl Dataset for CifarBinary {
     fn class_names(&self) -> &[String] {
         &self.classes
     }
+
+    /// "FILE record K (byte offset B)": the batch file and the record's place in it, or
+    /// "sample INDEX" past the end.
+    fn describe(&self, index: usize) -> String {
+        let mut k = index;
+        for (path, records) in &self.files {
+            if k < *records {
+                return format!(
+                    "{} record {k} (byte offset {})",
+                    path.display(),
+                    k * RECORD_BYTES
+                );
+            }
+            k -= records;
+        }
+        format!("sample {index}")
+    }
 }
 
 /// The directory holding the batch files: `dir` itself or its `cifar-10-batches-bin/`
@@ -138,7 +160,10 @@ pub(crate) fn open_splits(dir: &Path) -> Result<(CifarBinary, CifarBinary)> {
     if !missing.is_empty() {
         return Err(DataError::Layout {
             path: dir.to_path_buf(),
-            detail: format!("CIFAR-10 binary batches incomplete: missing {missing:?}"),
+            detail: format!(
+                "CIFAR-10 binary batches incomplete: missing {}",
+                missing.join(", ")
+            ),
         });
     }
     let train: Vec<PathBuf> = TRAIN_FILES.iter().map(|f| dir.join(f)).collect();
@@ -214,6 +239,33 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn describe_names_batch_file_record_and_offset() {
+        let dir = TempDir::new("cifar-describe");
+        write_cifar(dir.path(), 3, 4);
+        let (train, test) = open_splits(dir.path()).unwrap();
+        let file = |name: &str| dir.path().join(name).display().to_string();
+        assert_eq!(
+            train.describe(0),
+            format!("{} record 0 (byte offset 0)", file("data_batch_1.bin"))
+        );
+        // Sample 7 is the second record of the third file (three records per file).
+        assert_eq!(
+            train.describe(7),
+            format!("{} record 1 (byte offset 3073)", file("data_batch_3.bin"))
+        );
+        assert_eq!(
+            train.describe(14),
+            format!("{} record 2 (byte offset 6146)", file("data_batch_5.bin"))
+        );
+        assert_eq!(
+            test.describe(3),
+            format!("{} record 3 (byte offset 9219)", file(TEST_FILE))
+        );
+        assert_eq!(train.describe(15), "sample 15");
+        assert_eq!(test.describe(usize::MAX), format!("sample {}", usize::MAX));
     }
 
     #[test]

@@ -87,6 +87,13 @@ pub trait Dataset: Send + Sync {
 
     /// Class names; labels index into this list.
     fn class_names(&self) -> &[String];
+
+    /// Where sample `index` comes from, for error messages: a file path for class folders, the
+    /// batch file and record for CIFAR-10 binaries. Must not fail or panic, whatever `index`;
+    /// the default is "sample INDEX". Wrappers over another data set should forward it.
+    fn describe(&self, index: usize) -> String {
+        format!("sample {index}")
+    }
 }
 
 /// The error for an index past the end, shared by the implementations.

@@ -50,7 +50,8 @@ pub enum DataError {
     Layout { path: PathBuf, detail: String },
     #[error("sample index {index} is out of range for a dataset of {len} samples")]
     Index { index: usize, len: usize },
-    #[error("sample {index}: label {label} is out of range for {classes} classes")]
+    /// Raised by the loader inside [`DataError::Sample`], which names the sample.
+    #[error("label {label} is out of range for {classes} classes")]
     Label {
         index: usize,
         label: usize,
@@ -62,13 +63,34 @@ pub enum DataError {
         height: usize,
         size: usize,
     },
+    /// A transformed batch whose images differ in size. `sample` (of `dims`, C×H×W) is the
+    /// first image not of the batch's most common size, `reference` an image of that size.
     #[error(
-        "batch {batch}: images of different sizes ({first:?} and {other:?} as C×H×W); add a resize or crop to the transform"
+        "batch {batch}: {sample} is {}×{}×{} (C×H×W) but {reference} is {}×{}×{}; add a resize or crop to the transform",
+        .dims[0],
+        .dims[1],
+        .dims[2],
+        .reference_dims[0],
+        .reference_dims[1],
+        .reference_dims[2]
     )]
     MixedSizes {
         batch: usize,
-        first: [usize; 3],
-        other: [usize; 3],
+        sample: String,
+        dims: [usize; 3],
+        reference: String,
+        reference_dims: [usize; 3],
+    },
+    /// A failure to read, decode, check or transform one sample, named by
+    /// [`Dataset::describe`](crate::Dataset::describe) (a file path for class folders, the batch
+    /// file and record for CIFAR-10). The loader reports every per-sample error this way, except
+    /// read and decode errors that already name the very same file.
+    #[error("{sample}: {error}")]
+    Sample {
+        index: usize,
+        sample: String,
+        #[source]
+        error: Box<DataError>,
     },
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -81,7 +103,34 @@ pub enum DataError {
 impl DataError {
     /// True for problems confined to one sample's file, which `skip_bad` may skip over.
     pub fn is_bad_sample(&self) -> bool {
-        matches!(self, DataError::Io { .. } | DataError::Decode { .. })
+        match self {
+            DataError::Io { .. } | DataError::Decode { .. } => true,
+            DataError::Sample { error, .. } => error.is_bad_sample(),
+            _ => false,
+        }
+    }
+
+    /// This error of sample `index` as a [`DataError::Sample`] naming it by `sample` (its
+    /// [`Dataset::describe`](crate::Dataset::describe)), unless it already names it: an error
+    /// that is already wrapped, or a read or decode error of the file `sample` names, is
+    /// returned as it is.
+    pub fn in_sample(self, index: usize, sample: String) -> DataError {
+        let named = match &self {
+            DataError::Sample { .. } => true,
+            DataError::Io { path, .. } | DataError::Decode { path, .. } => {
+                path.display().to_string() == sample
+            }
+            _ => false,
+        };
+        if named {
+            self
+        } else {
+            DataError::Sample {
+                index,
+                sample,
+                error: Box::new(self),
+            }
+        }
     }
 }
 

@@ -69,6 +69,14 @@ impl Dataset for ImageFolder {
     fn class_names(&self) -> &[String] {
         &self.classes
     }
+
+    /// The image's path (as in its read and decode errors), or "sample INDEX" past the end.
+    fn describe(&self, index: usize) -> String {
+        match self.path(index) {
+            Some(path) => path.display().to_string(),
+            None => format!("sample {index}"),
+        }
+    }
 }
 
 /// Reads and decodes one JPEG or PNG (format from its content, not its name) to RGB.
@@ -154,6 +162,8 @@ mod tests {
         assert_eq!(ds.label(0).unwrap(), 0);
         assert_eq!(ds.label(5).unwrap(), 1);
         assert!(ds.path(3).unwrap().ends_with("zebra/000.png"));
+        assert_eq!(ds.describe(3), ds.path(3).unwrap().display().to_string());
+        assert_eq!(ds.describe(6), "sample 6");
         // PNG is lossless: exact colour back ("ant" was written as class 1 → seed 100 + k).
         let png = ds.get(2).unwrap();
         assert_eq!(png.image.pixel(3, 3), solid(1, 1, 102).get_pixel(0, 0).0);

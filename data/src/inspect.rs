@@ -9,8 +9,8 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::dataset::Dataset;
-use crate::error::Result;
-use crate::loader::{Loader, LoaderConfig, Skipped};
+use crate::error::{DataError, Result};
+use crate::loader::{Loader, LoaderConfig};
 use crate::open::{Format, Splits};
 use crate::transform::{Transform, TransformConfig};
 
@@ -63,8 +63,45 @@ pub struct SplitReport {
     /// Per-channel (RGB) pixel mean and standard deviation in [0, 1].
     pub mean: [f64; 3],
     pub std: [f64; 3],
-    /// Scanned images that could not be read or decoded.
-    pub bad: Vec<Skipped>,
+    /// Scanned images that could not be read or decoded, by index.
+    pub bad: Vec<Unreadable>,
+}
+
+/// A scanned image that could not be read or decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unreadable {
+    pub index: usize,
+    /// The file, when the sample has one (class folders).
+    pub path: Option<PathBuf>,
+    /// Why, without the path.
+    pub reason: String,
+}
+
+impl Unreadable {
+    fn new(index: usize, error: &DataError) -> Unreadable {
+        let (path, reason) = match error {
+            DataError::Io { path, source } => (Some(path.clone()), source.to_string()),
+            DataError::Decode { path, detail } => {
+                (Some(path.clone()), format!("cannot decode image: {detail}"))
+            }
+            other => (None, other.to_string()),
+        };
+        Unreadable {
+            index,
+            path,
+            reason,
+        }
+    }
+}
+
+impl std::fmt::Display for Unreadable {
+    /// "PATH: REASON", or "sample INDEX: REASON" without a file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.path {
+            Some(path) => write!(f, "{}: {}", path.display(), self.reason),
+            None => write!(f, "sample {}: {}", self.index, self.reason),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -112,7 +149,7 @@ struct Scan {
     sum: [u64; 3],
     sum_sq: [u64; 3],
     sizes: BTreeSet<(usize, usize)>,
-    bad: Vec<Skipped>,
+    bad: Vec<Unreadable>,
 }
 
 impl Scan {
@@ -160,10 +197,7 @@ fn split_report(
                     }
                     scan.sizes.insert((img.width(), img.height()));
                 }
-                Err(e) => scan.bad.push(Skipped {
-                    index,
-                    reason: e.to_string(),
-                }),
+                Err(e) => scan.bad.push(Unreadable::new(index, &e)),
             }
             scan
         })
@@ -267,7 +301,9 @@ mod tests {
         assert_eq!(train.counts, [3, 4]);
         assert_eq!(test.counts, [1, 2]);
         assert_eq!(train.bad.len(), 1);
-        assert!(train.bad[0].reason.contains("bad.png"));
+        assert_eq!(train.bad[0].path.as_deref(), Some(bad.as_path()));
+        assert!(train.bad[0].reason.contains("cannot decode"));
+        assert!(train.bad[0].to_string().contains("bad.png: cannot decode"));
         assert_eq!(train.scanned, 7);
         let sizes = test.sizes.as_ref().unwrap();
         assert_eq!((sizes.min, sizes.max), ((6, 6), (10, 6)));

@@ -41,7 +41,7 @@ pub use dataset::{Dataset, Image, Sample};
 pub use error::{DataError, Result};
 pub use folder::{ImageFolder, decode_file};
 pub use inspect::{
-    ImageSizes, InspectOptions, InspectReport, MAX_DISTINCT_SIZES, SplitReport, inspect,
+    ImageSizes, InspectOptions, InspectReport, MAX_DISTINCT_SIZES, SplitReport, Unreadable, inspect,
 };
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, Skipped};
 pub use open::{Format, Splits, open, open_or_synthetic, open_synthetic};

@@ -278,16 +278,11 @@ impl Shared {
             return Ok(None);
         };
         let dims = [3, first.height, first.width];
+        if let Some(error) = self.mixed_sizes(position, &images, &kept) {
+            return Err(error);
+        }
         let mut data = Vec::with_capacity(images.len() * first.data.len());
         for image in &images {
-            let other = [3, image.height, image.width];
-            if other != dims {
-                return Err(DataError::MixedSizes {
-                    batch: position,
-                    first: dims,
-                    other,
-                });
-            }
             data.extend_from_slice(&image.data);
         }
         Ok(Some(Batch {
@@ -299,8 +294,44 @@ impl Shared {
         }))
     }
 
-    /// One sample, decoded (or taken from the cache), label-checked and transformed.
+    /// `None` when `images` (of samples `indices`) share one size, else the error naming the
+    /// first image not of the most common size (ties go to the earliest size).
+    fn mixed_sizes(&self, position: usize, images: &[Chw], indices: &[usize]) -> Option<DataError> {
+        let dims = |image: &Chw| [3, image.height, image.width];
+        let first = dims(images.first()?);
+        if images.iter().all(|image| dims(image) == first) {
+            return None;
+        }
+        let count = |d: [usize; 3]| images.iter().filter(|image| dims(image) == d).count();
+        let mut common = (first, count(first));
+        for image in images {
+            let n = count(dims(image));
+            if n > common.1 {
+                common = (dims(image), n);
+            }
+        }
+        let reference = images.iter().position(|image| dims(image) == common.0)?;
+        let odd = images.iter().position(|image| dims(image) != common.0)?;
+        Some(DataError::MixedSizes {
+            batch: position,
+            sample: self.dataset.describe(indices[odd]),
+            dims: dims(&images[odd]),
+            reference: self.dataset.describe(indices[reference]),
+            reference_dims: common.0,
+        })
+    }
+
+    /// One sample, decoded (or taken from the cache), label-checked and transformed; any
+    /// failure, a panic included, comes back naming the sample (see [`DataError::in_sample`]).
     fn sample(&self, epoch: u64, index: usize) -> Result<(Chw, usize)> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.sample_unnamed(epoch, index)
+        }))
+        .unwrap_or_else(|panic| Err(DataError::Worker(panic_message(&*panic))))
+        .map_err(|e| e.in_sample(index, self.dataset.describe(index)))
+    }
+
+    fn sample_unnamed(&self, epoch: u64, index: usize) -> Result<(Chw, usize)> {
         let fresh;
         let sample = match self.cache.as_ref().map(|c| &c[index]) {
             Some(cell) => match cell.get() {
@@ -551,9 +582,12 @@ mod tests {
         let (_, l) = loader(panics, LoaderConfig::new(5));
         let err = l.epoch(0).find_map(|r| r.err()).unwrap();
         assert!(
-            matches!(&err, DataError::Worker(m) if m.contains("fake panic at 2")),
+            matches!(&err, DataError::Sample { index: 2, sample, error }
+                if sample == "sample 2"
+                    && matches!(&**error, DataError::Worker(m) if m.contains("fake panic at 2"))),
             "{err}"
         );
+        assert!(err.to_string().starts_with("sample 2: "), "{err}");
 
         let mut wrong = Fake::new(20);
         wrong.wrong_label = vec![4];
@@ -561,14 +595,21 @@ mod tests {
         let err = l.epoch(0).find_map(|r| r.err()).unwrap();
         assert!(
             matches!(
-                err,
-                DataError::Label {
-                    index: 4,
-                    label: 3,
-                    classes: 3
-                }
+                &err,
+                DataError::Sample { index: 4, error, .. } if matches!(
+                    **error,
+                    DataError::Label {
+                        index: 4,
+                        label: 3,
+                        classes: 3
+                    }
+                )
             ),
             "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "sample 4: label 3 is out of range for 3 classes"
         );
 
         let mut odd = Fake::new(20);
@@ -582,9 +623,65 @@ mod tests {
         let l = Loader::new(dataset, plain, cfg).unwrap();
         let err = l.epoch(0).find_map(|r| r.err()).unwrap();
         assert!(
-            matches!(err, DataError::MixedSizes { batch: 1, .. }),
+            matches!(
+                &err,
+                DataError::MixedSizes { batch: 1, sample, dims: [3, 4, 5], reference, reference_dims: [3, 4, 4] }
+                    if sample == "sample 9" && reference == "sample 5"
+            ),
             "{err}"
         );
+        assert_eq!(
+            err.to_string(),
+            "batch 1: sample 9 is 3×4×5 (C×H×W) but sample 5 is 3×4×4; \
+             add a resize or crop to the transform"
+        );
+    }
+
+    #[test]
+    fn mixed_sizes_names_the_odd_image_even_when_it_comes_first() {
+        let mut odd = Fake::new(6);
+        odd.odd_size = Some(3);
+        let cfg = LoaderConfig {
+            shuffle: false,
+            ..LoaderConfig::new(3)
+        };
+        let plain = Transform::new(TransformConfig::normalize([0.0; 3], [1.0; 3])).unwrap();
+        let l = Loader::new(Arc::new(odd), plain, cfg).unwrap();
+        let err = l.epoch(0).find_map(|r| r.err()).unwrap();
+        assert!(
+            matches!(&err, DataError::MixedSizes { batch: 1, sample, reference, .. }
+                if sample == "sample 3" && reference == "sample 4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn transform_errors_name_the_sample() {
+        // The fake's 4×4 images cannot give an 8×8 crop without padding.
+        let plain = Transform::new(TransformConfig {
+            random_crop: Some(RandomCrop {
+                size: 8,
+                padding: 0,
+            }),
+            ..TransformConfig::normalize([0.0; 3], [1.0; 3])
+        })
+        .unwrap();
+        let cfg = LoaderConfig {
+            shuffle: false,
+            ..LoaderConfig::new(4)
+        };
+        let l = Loader::new(Arc::new(Fake::new(8)), plain, cfg).unwrap();
+        let err = l.epoch(0).find_map(|r| r.err()).unwrap();
+        assert!(
+            matches!(&err, DataError::Sample { index: 0, error, .. }
+                if matches!(**error, DataError::TooSmall { width: 4, height: 4, size: 8 })),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "sample 0: an image of 4×4 is smaller than the 8×8 crop"
+        );
+        assert!(!err.is_bad_sample());
     }
 
     #[test]
@@ -623,8 +720,12 @@ mod tests {
         let transform = || Transform::new(TransformConfig::cifar_train()).unwrap();
         let strict = Loader::new(folder.clone(), transform(), LoaderConfig::new(3)).unwrap();
         let err = strict.epoch(0).find_map(|b| b.err()).unwrap();
+        // Named once: the decode error already carries the path `describe` gives.
+        let path = corrupt.display().to_string();
+        assert_eq!(err.to_string().matches(&path).count(), 1, "{err}");
         assert!(
-            err.to_string().contains(&corrupt.display().to_string()),
+            err.to_string()
+                .starts_with(&format!("{path}: cannot decode")),
             "{err}"
         );
 

@@ -132,7 +132,9 @@ type Stage = (usize, usize, usize, usize, usize);
 pub fn make_divisible(v: f32) -> usize {
     let rounded = (((v + 4.0) as usize) / 8 * 8).max(8);
     if (rounded as f32) < 0.9 * v {
-        rounded + 8
+        // Saturating: absurd widths give absurd channel counts, which the checked counts
+        // below refuse.
+        rounded.saturating_add(8)
     } else {
         rounded
     }
@@ -156,9 +158,9 @@ impl BlockSpec {
         self.stride == 1 && self.cin == self.cout
     }
 
-    /// Output side length for an input side length `h` (padding k/2).
-    fn out_size(&self, h: usize) -> usize {
-        (h + 2 * (self.k / 2) - self.k) / self.stride + 1
+    /// Output side length for an input side length `h ≥ 1` (padding k/2); `None` on overflow.
+    fn out_size(&self, h: usize) -> Option<usize> {
+        Some(h.checked_add(2 * (self.k / 2))?.checked_sub(self.k)? / self.stride + 1)
     }
 }
 
@@ -183,10 +185,20 @@ pub struct Flops {
 }
 
 impl Flops {
-    fn conv(&mut self, macs: usize, bn_outputs: Option<usize>) {
-        self.macs += macs as u64;
-        self.fvcore += macs as u64 + bn_outputs.map_or(0, |n| 5 * n as u64);
+    /// Adds a conv's `macs` and, with BatchNorm, its output elements; `None` on overflow.
+    fn conv(&mut self, macs: u64, bn_outputs: Option<u64>) -> Option<()> {
+        let bn = bn_outputs.map_or(Some(0), |n| n.checked_mul(5))?;
+        self.macs = self.macs.checked_add(macs)?;
+        self.fvcore = self.fvcore.checked_add(macs)?.checked_add(bn)?;
+        Some(())
     }
+}
+
+/// The product of `factors`, or `None` if it overflows 64 bits.
+fn product(factors: &[usize]) -> Option<u64> {
+    factors
+        .iter()
+        .try_fold(1u64, |acc, &f| acc.checked_mul(u64::try_from(f).ok()?))
 }
 
 impl NetSpec {
@@ -195,51 +207,86 @@ impl NetSpec {
         self.blocks.len() + 2
     }
 
-    /// Trainable parameters of the unmerged network (conv weights, BN affine, classifier).
+    /// Trainable parameters of the unmerged network (conv weights, BN affine, classifier);
+    /// saturates at `usize::MAX` (see [`NetSpec::checked_num_params`]).
     pub fn num_params(&self) -> usize {
+        self.checked_num_params().unwrap_or(usize::MAX)
+    }
+
+    /// [`NetSpec::num_params`], or `None` when the count overflows (absurd widths or classes).
+    pub fn checked_num_params(&self) -> Option<usize> {
         let conv_bn = |cin: usize, cout: usize, k: usize, groups: usize| {
-            cout * (cin / groups) * k * k + 2 * cout
+            product(&[cout, cin / groups, k, k])?.checked_add(product(&[2, cout])?)
         };
-        let mut total = conv_bn(3, self.stem, 3, 1);
+        let mut total = conv_bn(3, self.stem, 3, 1)?;
         for b in &self.blocks {
             if b.expand {
-                total += conv_bn(b.cin, b.hidden, 1, 1);
+                total = total.checked_add(conv_bn(b.cin, b.hidden, 1, 1)?)?;
             }
-            total += conv_bn(b.hidden, b.hidden, b.k, b.hidden) + conv_bn(b.hidden, b.cout, 1, 1);
+            total = total
+                .checked_add(conv_bn(b.hidden, b.hidden, b.k, b.hidden)?)?
+                .checked_add(conv_bn(b.hidden, b.cout, 1, 1)?)?;
         }
         let last = self.blocks.last().map_or(self.stem, |b| b.cout);
-        total + conv_bn(last, self.head, 1, 1) + self.head * self.num_classes + self.num_classes
+        let total = total
+            .checked_add(conv_bn(last, self.head, 1, 1)?)?
+            .checked_add(product(&[self.head, self.num_classes])?)?
+            .checked_add(self.num_classes as u64)?;
+        usize::try_from(total).ok()
     }
 
     /// Cost at input resolution `res` (batch 1) when the IR blocks whose activation is removed
     /// (`keep[i] == false`, indices as in [`NetSpec::num_acts`]) are merged into one dense conv.
     /// The stem, the DS block and the head stay unmerged, as in the DepthShrinker table.
+    /// Saturates at `u64::MAX` (see [`NetSpec::checked_flops`]).
     pub fn flops(&self, res: usize, keep: &[bool]) -> Flops {
+        self.checked_flops(res, keep).unwrap_or(Flops {
+            macs: u64::MAX,
+            fvcore: u64::MAX,
+        })
+    }
+
+    /// [`NetSpec::flops`], or `None` when `res` is 0 or a count overflows 64 bits. Missing
+    /// `keep` entries count as kept.
+    pub fn checked_flops(&self, res: usize, keep: &[bool]) -> Option<Flops> {
+        if res == 0 {
+            return None;
+        }
         let mut f = Flops::default();
-        let mut h = (res + 2 - 3) / self.stem_stride + 1;
-        f.conv(3 * self.stem * 9 * h * h, Some(self.stem * h * h));
+        let mut h = (res.checked_add(2)? - 3) / self.stem_stride + 1;
+        f.conv(
+            product(&[3, self.stem, 9, h, h])?,
+            Some(product(&[self.stem, h, h])?),
+        )?;
         for (i, b) in self.blocks.iter().enumerate() {
-            let (hin, hout) = (h, b.out_size(h));
-            let merged = b.expand && !keep[i + 1];
+            let (hin, hout) = (h, b.out_size(h)?);
+            let merged = b.expand && keep.get(i + 1) == Some(&false);
             if merged {
-                f.conv(b.cin * b.cout * b.k * b.k * hout * hout, None);
+                f.conv(product(&[b.cin, b.cout, b.k, b.k, hout, hout])?, None)?;
             } else {
                 if b.expand {
-                    f.conv(b.cin * b.hidden * hin * hin, Some(b.hidden * hin * hin));
+                    f.conv(
+                        product(&[b.cin, b.hidden, hin, hin])?,
+                        Some(product(&[b.hidden, hin, hin])?),
+                    )?;
                 }
                 f.conv(
-                    b.hidden * b.k * b.k * hout * hout,
-                    Some(b.hidden * hout * hout),
-                );
-                f.conv(b.hidden * b.cout * hout * hout, Some(b.cout * hout * hout));
+                    product(&[b.hidden, b.k, b.k, hout, hout])?,
+                    Some(product(&[b.hidden, hout, hout])?),
+                )?;
+                f.conv(
+                    product(&[b.hidden, b.cout, hout, hout])?,
+                    Some(product(&[b.cout, hout, hout])?),
+                )?;
             }
             h = hout;
         }
         let last = self.blocks.last().map_or(self.stem, |b| b.cout);
-        f.conv(last * self.head * h * h, Some(self.head * h * h));
-        f.fvcore += (self.head * h * h) as u64;
-        f.conv(self.head * self.num_classes, None);
-        f
+        let head_outputs = product(&[self.head, h, h])?;
+        f.conv(product(&[last, self.head, h, h])?, Some(head_outputs))?;
+        f.fvcore = f.fvcore.checked_add(head_outputs)?;
+        f.conv(product(&[self.head, self.num_classes])?, None)?;
+        Some(f)
     }
 }
 
@@ -358,6 +405,26 @@ mod tests {
             (base.fvcore as f64 / 1e6 - 334.2).abs() < 0.05,
             "{}",
             base.fvcore
+        );
+    }
+
+    #[test]
+    fn counts_that_overflow_are_none_not_wrapped() {
+        let spec = ArchConfig::mobilenet_v2(1.0, 1000, false).spec();
+        let keep = [true; 19];
+        assert!(spec.checked_flops(4_000_000_000, &keep).is_none());
+        assert!(spec.checked_flops(usize::MAX, &keep).is_none());
+        assert!(spec.checked_flops(0, &keep).is_none());
+        assert_eq!(spec.flops(4_000_000_000, &keep).macs, u64::MAX);
+        let wide = ArchConfig::mobilenet_v2(1e9, 1000, false).spec();
+        assert!(wide.checked_num_params().is_none());
+        assert!(wide.checked_flops(224, &keep).is_none());
+        let absurd = ArchConfig::mobilenet_v2(1e30, 1000, false).spec();
+        assert!(absurd.checked_num_params().is_none());
+        assert_eq!(
+            spec.checked_num_params(),
+            Some(3_504_872),
+            "a sane network still counts"
         );
     }
 

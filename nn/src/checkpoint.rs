@@ -81,6 +81,12 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path}: {detail}")]
     Architecture { path: PathBuf, detail: String },
+    #[error("checkpoint {path}: tensor `{name}` {detail}")]
+    BadValue {
+        path: PathBuf,
+        name: String,
+        detail: String,
+    },
     #[error("checkpoint {path}: tensor name `{name}` appears twice")]
     DuplicateName { path: PathBuf, name: String },
     #[error("checkpoint {path}: tensor `{name}` has values outside the {dtype:?} range")]
@@ -314,6 +320,18 @@ pub fn load_into(
         });
     }
 
+    // A NaN weight or a negative running variance loads without complaint and then poisons
+    // every output (ReLU6's clamp even turns NaN into finite logits), so refuse them by name.
+    for (name, t) in ckpt.tensors.iter().filter(|(n, _)| wanted.contains(*n)) {
+        if let Some(detail) = bad_values(name, t) {
+            return Err(CheckpointError::BadValue {
+                path: ckpt.path.clone(),
+                name: name.clone(),
+                detail,
+            });
+        }
+    }
+
     let mut loaded = 0;
     module.visit("", &mut |name, entry| {
         if wanted.contains(name) {
@@ -326,6 +344,28 @@ pub fn load_into(
         }
     });
     Ok(LoadReport { loaded, skipped })
+}
+
+/// What is wrong with a network tensor's values: a non-finite value, or a negative BatchNorm
+/// running variance; `None` when they are usable.
+fn bad_values(name: &str, t: &Tensor) -> Option<String> {
+    let data = t.data();
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        return Some(format!(
+            "holds {} at flat index {i} of {} (a diverged or damaged network)",
+            data[i],
+            data.len()
+        ));
+    }
+    if name.ends_with(".running_var")
+        && let Some(i) = data.iter().position(|&v| v < 0.0)
+    {
+        return Some(format!(
+            "holds the negative running variance {} at index {i} (a variance is never negative)",
+            data[i]
+        ));
+    }
+    None
 }
 
 /// One tensor as it goes to disk, encoded only when safetensors asks for its bytes.
@@ -472,7 +512,25 @@ impl Drop for TempFile {
 
 /// Writes `bytes` to a sibling temp file, fsyncs it, and renames it over `path`: readers see
 /// either the old file or the complete new one, never a prefix.
+///
+/// A destination that exists and is not a regular file (a symbolic link, a directory, a device)
+/// is refused: the rename would replace it with a regular file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    if let Ok(meta) = fs::symlink_metadata(path)
+        && !meta.file_type().is_file()
+    {
+        let what = if meta.file_type().is_symlink() {
+            "a symbolic link"
+        } else if meta.is_dir() {
+            "a directory"
+        } else {
+            "a device or other special file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("it exists and is {what}, not a regular file: refusing to replace it"),
+        ));
+    }
     let file_name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path does not name a file"))?;
@@ -659,10 +717,16 @@ mod tests {
             ("classifier.1.weight", &[10, 4]),
             ("classifier.1.bias", &[10]),
         ];
-        let state: Vec<(String, Tensor)> = shapes
+        let mut state: Vec<(String, Tensor)> = shapes
             .iter()
             .map(|(name, shape)| (name.to_string(), random(&mut rng, shape)))
             .collect();
+        // Variances are never negative (loading refuses them).
+        for (name, t) in &mut state {
+            if name.ends_with(".running_var") {
+                t.data_mut().iter_mut().for_each(|v| *v = v.abs());
+            }
+        }
         Flat::from_state(state.iter().map(|(n, t)| (n, t)))
     }
 
@@ -760,7 +824,7 @@ mod tests {
         );
         assert!(!missing.exists());
 
-        // The rename fails after the temp file is written: the temp file must be cleaned up.
+        // A directory in the way is refused before any temp file is written.
         let occupied = dir.file("occupied");
         fs::create_dir(&occupied).unwrap();
         fs::write(occupied.join("keep"), b"x").unwrap();
@@ -771,6 +835,80 @@ mod tests {
         );
         assert_eq!(dir.entries(), ["occupied"]);
         assert!(occupied.is_dir());
+    }
+
+    /// The rename would replace a symlink (or a FIFO, a device) with a regular file.
+    #[cfg(unix)]
+    #[test]
+    fn a_destination_that_is_not_a_regular_file_is_refused_and_kept() {
+        let dir = Scratch::new("not-regular");
+        let target = dir.file("target.safetensors");
+        fs::write(&target, b"precious").unwrap();
+        let link = dir.file("link.safetensors");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = save(&link, &state_dict(&mut tiny(1)), &Value::Null).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains(&link.display().to_string()), "{msg}");
+        assert!(msg.contains("a symbolic link, not a regular file"), "{msg}");
+        assert!(
+            fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(fs::read(&target).unwrap(), b"precious");
+
+        let fifo = dir.file("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            let err = write_atomic(&fifo, b"x").unwrap_err();
+            assert!(err.to_string().contains("special file"), "{err}");
+            assert!(!fs::symlink_metadata(&fifo).unwrap().is_file());
+        }
+        let mut entries = dir.entries();
+        entries.retain(|e| e != "fifo");
+        assert_eq!(entries, ["link.safetensors", "target.safetensors"]);
+    }
+
+    #[test]
+    fn non_finite_weights_and_negative_variances_are_refused_by_name() {
+        let dir = Scratch::new("bad-values");
+        for (name, index, value, needle) in [
+            (
+                "features.0.0.weight",
+                5,
+                f32::NAN,
+                "holds NaN at flat index 5 of 108",
+            ),
+            (
+                "classifier.1.bias",
+                2,
+                f32::INFINITY,
+                "holds inf at flat index 2",
+            ),
+            (
+                "features.1.conv.0.1.running_var",
+                1,
+                -0.5,
+                "negative running variance -0.5 at index 1",
+            ),
+        ] {
+            let mut state = state_dict(&mut tiny(1));
+            let slot = state.iter_mut().find(|(n, _)| n == name).unwrap();
+            slot.1.data_mut()[index] = value;
+            let path = dir.file("bad.safetensors");
+            save(&path, &state, &Value::Null).unwrap();
+            let mut model = tiny(2);
+            let before = state_dict(&mut model);
+            let err =
+                load_into(&mut model, &load(&path).unwrap(), &LoadOptions::default()).unwrap_err();
+            assert!(matches!(err, CheckpointError::BadValue { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("`{name}`")), "{msg}");
+            assert!(msg.contains(needle), "{msg}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert_eq!(state_dict(&mut model), before);
+        }
     }
 
     #[cfg(unix)]

@@ -178,7 +178,13 @@ pub struct Sgd {
 
 impl Sgd {
     pub fn new(config: SgdConfig) -> Result<Sgd, OptimError> {
-        check_non_negative("momentum", config.momentum)?;
+        // As PyTorch's buffer update: a factor of 1 or more lets the buffer grow without bound.
+        if !(0.0..1.0).contains(&config.momentum) {
+            return Err(OptimError::Config(format!(
+                "momentum must be in [0, 1), got {}",
+                config.momentum
+            )));
+        }
         check_non_negative("weight_decay", config.weight_decay)?;
         check_non_negative("no_decay_weight_decay", config.no_decay_weight_decay)?;
         if config.nesterov && config.momentum == 0.0 {
@@ -959,5 +965,15 @@ mod tests {
             nesterov_without_momentum.build(),
             Err(OptimError::Config(_))
         ));
+        for momentum in [1.0, 5.0, -0.1, f64::NAN] {
+            let config = OptimizerConfig::Sgd(SgdConfig {
+                momentum,
+                nesterov: false,
+                weight_decay: 0.0,
+                no_decay_weight_decay: 0.0,
+            });
+            let err = config.build().err().expect("refused").to_string();
+            assert!(err.contains("momentum must be in [0, 1)"), "{err}");
+        }
     }
 }

@@ -127,6 +127,13 @@ impl ScheduleConfig {
                 "need at least one epoch and one iteration per epoch, got {epochs} × {iters_per_epoch}"
             )));
         }
+        // First: the other checks compare against lr, and would blame them for a bad lr.
+        let lr = self.lr();
+        if !(lr.is_finite() && lr >= 0.0) {
+            return Err(ScheduleError(format!(
+                "lr must be finite and non-negative, got {lr}"
+            )));
+        }
         let (lr, warmup_epochs, warmup_lr, decay) = match self {
             ScheduleConfig::Cosine {
                 lr,
@@ -186,12 +193,10 @@ impl ScheduleConfig {
                 warmup_lr,
             } => (*lr, *warmup_epochs, *warmup_lr, Decay::Constant),
         };
-        for (what, v) in [("lr", lr), ("warmup_lr", warmup_lr)] {
-            if !(v.is_finite() && v >= 0.0) {
-                return Err(ScheduleError(format!(
-                    "{what} must be finite and non-negative, got {v}"
-                )));
-            }
+        if !(warmup_lr.is_finite() && warmup_lr >= 0.0) {
+            return Err(ScheduleError(format!(
+                "warmup_lr must be finite and non-negative, got {warmup_lr}"
+            )));
         }
         if !(warmup_epochs.is_finite() && (0.0..=epochs as f64).contains(&warmup_epochs)) {
             return Err(ScheduleError(format!(
@@ -369,5 +374,14 @@ mod tests {
         let constant: ScheduleConfig =
             serde_json::from_str(r#"{"schedule": "constant", "lr": 0.1}"#).unwrap();
         assert!(constant.build(0, 5).is_err());
+    }
+
+    #[test]
+    fn a_negative_lr_is_blamed_on_lr_not_min_lr() {
+        let config: ScheduleConfig =
+            serde_json::from_str(r#"{"schedule": "cosine", "lr": -0.1}"#).unwrap();
+        let err = config.build(10, 5).unwrap_err().to_string();
+        assert!(err.contains(": lr must be finite"), "{err}");
+        assert!(!err.contains("min_lr"), "{err}");
     }
 }

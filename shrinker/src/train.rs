@@ -8,7 +8,8 @@
 //! - `metrics.jsonl`: one [`EpochMetrics`] JSON object per completed epoch;
 //! - `last.safetensors`: model + optimiser state (under `optim.`) + metadata, at every epoch end
 //!   and every `checkpoint_every` batches;
-//! - `best.safetensors`: the same, for the best validation top-1 so far.
+//! - `best.safetensors`: the same, for the best validation top-1 so far;
+//! - `.lock`: locked while a run writes the directory, so a second one is refused.
 //!
 //! Exact resume: every random stream is a function of the seed and the position: the loader's
 //! order and augmentation of (seed, epoch, index), dropout masks of (seed, global step), the
@@ -47,6 +48,8 @@ pub const LAST: &str = "last.safetensors";
 pub const BEST: &str = "best.safetensors";
 pub const METRICS: &str = "metrics.jsonl";
 pub const CONFIG: &str = "config.toml";
+/// Locked by the run writing the directory (see [`Trainer::with_model`]).
+pub const LOCK: &str = ".lock";
 /// Prefix of the optimiser state's tensors in checkpoints.
 pub const OPTIM_PREFIX: &str = "optim.";
 
@@ -287,15 +290,16 @@ impl TrainConfig {
         self.optim
             .build()
             .map_err(|e| TrainError::Config(format!("optim: {e}")))?;
-        self.lr
-            .build(self.epochs, 1)
-            .map_err(|e| TrainError::Config(format!("lr: {e}")))?;
+        // Before the schedule's own checks, which compare other keys (min_lr) against lr.
         let lr = self.lr.lr();
         if !(lr.is_finite() && lr >= 0.0) {
             return bad(format!(
                 "lr.lr must be a finite non-negative number, got {lr}"
             ));
         }
+        self.lr
+            .build(self.epochs, 1)
+            .map_err(|e| TrainError::Config(format!("lr: {e}")))?;
         if let Some(search) = &self.search {
             search.validate().map_err(TrainError::Config)?;
         }
@@ -365,6 +369,12 @@ pub enum TrainError {
     },
     #[error("cannot resume from {}: {detail}", path.display())]
     Resume { path: PathBuf, detail: String },
+    #[error(
+        "{} is in use by another run (it holds {}); wait for that run to end or choose another output directory",
+        dir.display(),
+        dir.join(LOCK).display()
+    )]
+    Busy { dir: PathBuf },
     /// From [`train_step`]: the step was not applied.
     #[error("non-finite {what} ({value})")]
     NonFinite { what: &'static str, value: f32 },
@@ -427,6 +437,9 @@ impl Dataset for Subset {
             });
         }
         self.inner.label(index)
+    }
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
     }
     fn class_names(&self) -> &[String] {
         self.inner.class_names()
@@ -855,6 +868,8 @@ pub struct Trainer {
     /// Merged into every checkpoint's metadata (later stages record their own fields here).
     pub extra_metadata: serde_json::Map<String, Value>,
     sums: EpochSums,
+    /// The output directory's lock, held while the trainer lives.
+    _lock: fs::File,
 }
 
 impl Trainer {
@@ -875,16 +890,21 @@ impl Trainer {
         config.validate()?;
         let last = out.join(LAST);
         if !resume && last.exists() {
-            return Err(TrainError::Config(format!(
-                "{} already holds a run ({LAST}); resume it with --resume or choose another output directory",
-                out.display()
-            )));
+            return Err(already_a_run(out));
         }
         if resume && !last.exists() {
-            return Err(TrainError::Resume {
-                path: last,
-                detail: "no such file".into(),
-            });
+            let detail = if out.is_dir() {
+                format!(
+                    "the run in {} has no checkpoint yet (it stopped before its first save); start it without --resume",
+                    out.display()
+                )
+            } else {
+                format!(
+                    "there is no run in {}; start one without --resume",
+                    out.display()
+                )
+            };
+            return Err(TrainError::Resume { path: last, detail });
         }
         let data = config.data.open(config.seed)?;
         let classes = data.splits.class_names().len();
@@ -902,6 +922,12 @@ impl Trainer {
             .map_err(|e| TrainError::Config(format!("lr: {e}")))?;
         let mut optimizer = config.optim.build()?;
         fs::create_dir_all(out).map_err(io_err(out))?;
+        let lock = lock_dir(out)?;
+        remove_stale_temps(out);
+        // Checked again under the lock: a run that held it may have saved since.
+        if !resume && last.exists() {
+            return Err(already_a_run(out));
+        }
 
         let mut trainer_model;
         let mut position = Position::default();
@@ -914,10 +940,19 @@ impl Trainer {
                 path: last.clone(),
                 detail,
             };
+            if let Some(recorded) = ckpt.metadata.get("config") {
+                let changes = config_changes(recorded, &config);
+                if !changes.is_empty() {
+                    return Err(bad(format!(
+                        "it was started with other settings: {}; resume with the settings it was started with (its {CONFIG}) or start a new run in another directory",
+                        changes.join("; ")
+                    )));
+                }
+            }
             trainer_model = MobileNet::from_checkpoint(&ckpt, None)?;
             if trainer_model.arch != arch {
                 return Err(bad(format!(
-                    "it holds a {:?}, the config describes a {:?}",
+                    "it holds a {}, the config describes a {}",
                     trainer_model.arch, arch
                 )));
             }
@@ -956,7 +991,7 @@ impl Trainer {
             trainer_model = model.unwrap_or_else(|| MobileNet::new(&arch, config.seed));
             if trainer_model.arch != arch {
                 return Err(TrainError::Config(format!(
-                    "the given model is a {:?}, the config describes a {:?}",
+                    "the given model is a {}, the config describes a {}",
                     trainer_model.arch, arch
                 )));
             }
@@ -978,6 +1013,7 @@ impl Trainer {
             best_val_acc,
             extra_metadata,
             sums,
+            _lock: lock,
         })
     }
 
@@ -1186,11 +1222,129 @@ impl Trainer {
     }
 }
 
-/// Writes `bytes` to a sibling temp file and renames it over `path`.
+fn already_a_run(out: &Path) -> TrainError {
+    TrainError::Config(format!(
+        "{} already holds a run ({LAST}); resume it with --resume or choose another output directory",
+        out.display()
+    ))
+}
+
+/// Takes the output directory's lock file, so two runs never write one directory at once. The
+/// lock goes with the returned file (and with the process, however it ends).
+fn lock_dir(out: &Path) -> Result<fs::File, TrainError> {
+    let path = out.join(LOCK);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(TrainError::Busy {
+            dir: out.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io_err(&path)(e)),
+    }
+}
+
+/// Removes the temp files a killed writer of this directory left behind: the atomic writer's
+/// `.<file>.<pid>.<n>.tmp` for the checkpoints, `config.toml` and `metrics.jsonl`. Called under
+/// the directory's lock, so no live run owns them.
+fn remove_stale_temps(out: &Path) {
+    let Ok(entries) = fs::read_dir(out) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let temp = [LAST, BEST, CONFIG, METRICS]
+            .iter()
+            .any(|f| name.starts_with(&format!(".{f}.")) && name.ends_with(".tmp"));
+        if temp {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// Config keys a resumed run may change: where the data lives (when it moved) and how fast the
+/// run is fed, evaluated or saved. None changes what the run computes beyond float rounding
+/// (the thread count and evaluation batch size can move the last bits). Everything else
+/// (epochs, lr, optimiser, data limits, search and distillation...) would make the
+/// checkpoint's metadata and `config.toml` misstate the run, so it is refused.
+const MAY_CHANGE_ON_RESUME: [&str; 6] = [
+    "threads",
+    "checkpoint_every",
+    "data.dir",
+    "data.prefetch",
+    "data.cache",
+    "data.eval_batch_size",
+];
+
+/// The keys whose values differ between the config a run recorded and `config`, as
+/// "`key` was OLD, now NEW", sorted by key.
+fn config_changes(recorded: &Value, config: &TrainConfig) -> Vec<String> {
+    let mut old = std::collections::BTreeMap::new();
+    let mut new = std::collections::BTreeMap::new();
+    flatten("", recorded, &mut old);
+    let current = serde_json::to_value(config).expect("a train config serialises to JSON");
+    flatten("", &current, &mut new);
+    let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+    let show = |v: Option<&Value>| v.map_or("absent".to_string(), Value::to_string);
+    keys.into_iter()
+        .filter(|key| {
+            let (a, b) = (old.get(*key), new.get(*key));
+            // A moved data directory, not a switch between the synthetic set and a directory.
+            let allowed = MAY_CHANGE_ON_RESUME.contains(&key.as_str())
+                && (key.as_str() != "data.dir" || (a.is_some() && b.is_some()));
+            !allowed && !same_value(a, b)
+        })
+        .map(|key| {
+            format!(
+                "`{key}` was {}, now {}",
+                show(old.get(key)),
+                show(new.get(key))
+            )
+        })
+        .collect()
+}
+
+/// Dotted keys to leaf values (arrays are leaves).
+fn flatten(prefix: &str, value: &Value, out: &mut std::collections::BTreeMap<String, Value>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string(), value.clone());
+        }
+    }
+}
+
+/// Equal values, floats to 1e-12 relative: serde_json's default float parsing may be off by an
+/// ulp from what was written.
+fn same_value(a: Option<&Value>, b: Option<&Value>) -> bool {
+    match (a, b) {
+        (Some(Value::Array(x)), Some(Value::Array(y))) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(Some(x), Some(y)))
+        }
+        (Some(x), Some(y)) if x.is_f64() || y.is_f64() => match (x.as_f64(), y.as_f64()) {
+            (Some(x), Some(y)) => x == y || (x - y).abs() <= 1e-12 * x.abs().max(y.abs()),
+            _ => false,
+        },
+        (a, b) => a == b,
+    }
+}
+
+/// The one atomic writer (unique temp file, fsync, rename), with this module's error type.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    checkpoint::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 /// Keeps only the lines of epochs `≤ completed` (all of them on a fresh start: none).
@@ -1328,6 +1482,36 @@ lr = 0.1
         assert!(bad("model.width", "-1").contains("model.width"));
         assert!(bad("label_smoothing", "1.5").contains("label_smoothing"));
         assert!(bad("data.dir", "/nonexistent/dir").contains("/nonexistent/dir"));
+    }
+
+    #[test]
+    fn resume_changes_name_each_key_and_spare_speed_settings() {
+        let c = TrainConfig::from_toml(BASE, &[]).unwrap();
+        let recorded = serde_json::to_value(&c).unwrap();
+        let mut other = c.clone();
+        other.epochs = 3;
+        other.lr.set_lr(0.2);
+        other.threads = Some(1);
+        other.data.prefetch = 5;
+        assert_eq!(
+            config_changes(&recorded, &other),
+            ["`epochs` was 2, now 3", "`lr.lr` was 0.1, now 0.2"]
+        );
+        // A moved directory is fine; switching from the synthetic set to a directory is not.
+        other = c.clone();
+        other.data.dir = Some("elsewhere".into());
+        assert_eq!(
+            config_changes(&recorded, &other),
+            ["`data.dir` was absent, now \"elsewhere\""]
+        );
+        let mut moved = other.clone();
+        moved.data.dir = Some("moved".into());
+        let recorded_dir = serde_json::to_value(&other).unwrap();
+        assert!(config_changes(&recorded_dir, &moved).is_empty());
+        // An ulp of JSON parsing is not a change.
+        let mut close = recorded.clone();
+        close["lr"]["lr"] = json!(0.1f64.next_up());
+        assert!(config_changes(&close, &c).is_empty());
     }
 
     #[test]
