@@ -1,30 +1,13 @@
 //! The `depthshrink` binary end to end: real processes, real files, exit codes and messages.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{run, scratch, stderr};
 use depthshrink_nn::checkpoint;
 use depthshrink_tensor::Tensor;
 use serde_json::Value;
-
-/// A fresh scratch directory per test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("depthshrink-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn depthshrink(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_depthshrink"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn fixture(name: &str) -> checkpoint::Checkpoint {
     checkpoint::load(
@@ -61,7 +44,7 @@ fn infer_on_a_torchvision_export_reproduces_pytorch_logits() {
     let dir = scratch("infer");
     let (w, x, want) = torchvision_files(&dir);
     let y = dir.join("y.safetensors");
-    let out = depthshrink(&[
+    let out = run(&[
         "infer",
         "--weights",
         w.to_str().unwrap(),
@@ -90,7 +73,7 @@ fn infer_on_a_torchvision_export_reproduces_pytorch_logits() {
 /// Runs the binary, expecting a failure whose message contains `needle` (and no panic).
 #[track_caller]
 fn fails_with(args: &[&str], needle: &str) {
-    let out = depthshrink(args);
+    let out = run(args);
     assert!(!out.status.success(), "{args:?} succeeded");
     let err = stderr(&out);
     assert!(
@@ -192,7 +175,7 @@ fn merged_network_runs_from_its_file_and_matches_the_unmerged_one() {
     let (w, m) = (dir.join("net.safetensors"), dir.join("merged.safetensors"));
     random_network(&w);
     let keep = "0,0,0,0,1,1,0,0,0,0,0,0,0,0,1,1,1,1,1";
-    let out = depthshrink(&[
+    let out = run(&[
         "merge",
         "--weights",
         w.to_str().unwrap(),
@@ -227,7 +210,7 @@ fn merged_network_runs_from_its_file_and_matches_the_unmerged_one() {
             y.to_str().unwrap(),
         ];
         args.extend(extra);
-        let out = depthshrink(&args);
+        let out = run(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         checkpoint::load(&y).unwrap().tensors["logits"].clone()
     };
@@ -247,7 +230,7 @@ fn merged_network_runs_from_its_file_and_matches_the_unmerged_one() {
 #[test]
 fn flops_of_the_official_configs_match_the_paper_table() {
     let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
-    let base = depthshrink(&["flops", "--width", "1.4"]);
+    let base = run(&["flops", "--width", "1.4"]);
     assert!(String::from_utf8_lossy(&base.stdout).contains("630.15 MFLOPs"));
     for (name, mflops) in [
         ("A", "519.44"),
@@ -258,7 +241,7 @@ fn flops_of_the_official_configs_match_the_paper_table() {
         ("F", "415.98"),
     ] {
         let path = configs.join(format!("mbv2-140-{name}.toml"));
-        let out = depthshrink(&["flops", "--config", path.to_str().unwrap()]);
+        let out = run(&["flops", "--config", path.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -270,7 +253,7 @@ fn flops_of_the_official_configs_match_the_paper_table() {
 
 #[test]
 fn kernel_benchmark_prints_one_json_record_per_case() {
-    let out = depthshrink(&[
+    let out = run(&[
         "bench", "kernels", "--only", "copy", "--runs", "1", "--json",
     ]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -2,23 +2,18 @@
 //! non-finite or mistyped inputs, half-written metrics, bad numbers and damaged networks.
 //! Each must end in a clear error naming the culprit (never a panic) and lose nothing.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::{Command, Output};
 
+use common::scratch;
 use depthshrink_nn::arch::ArchConfig;
 use depthshrink_nn::checkpoint;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::state_dict;
 use depthshrink_tensor::Tensor;
 use serde_json::Value;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("depthshrink-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn run_in(dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_depthshrink"))

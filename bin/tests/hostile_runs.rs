@@ -3,11 +3,14 @@
 //! config values and unreadable images. Each must end in a clear error (never a panic or a
 //! hang) that loses nothing already saved.
 
+mod common;
+
 use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{bin, s, scratch, write_config};
 use depthshrink_nn::checkpoint;
 
 /// A tiny run on the synthetic set: a width-0.25 CIFAR-layout net, 4 batches of 16, 1 epoch.
@@ -35,18 +38,6 @@ lr = 0.05
 
 /// A 32×32 RGB PNG of one colour.
 const PNG: &[u8] = b"\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52\x00\x00\x00\x20\x00\x00\x00\x20\x08\x02\x00\x00\x00\xfc\x18\xed\xa3\x00\x00\x00\x2a\x49\x44\x41\x54\x78\xda\x63\x38\xa1\x11\x45\x53\xc4\x30\x6a\xc1\xa8\x05\xa3\x16\x8c\x5a\x30\x6a\xc1\xa8\x05\xa3\x16\x8c\x5a\x30\x6a\xc1\xa8\x05\xa3\x16\x0c\x15\x0b\x00\x19\x3a\x28\x4c\x10\xad\x8e\x45\x00\x00\x00\x00\x49\x45\x4e\x44\xae\x42\x60\x82";
-
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("depthshrink-hostile-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_depthshrink"))
-}
 
 /// Runs the binary, killing it (and failing) if it takes longer than a minute: a hang is a
 /// defect too.
@@ -96,16 +87,6 @@ fn fails_with(out: Output, needles: &[&str]) -> String {
     assert!(!err.contains("panicked"), "panicked: {err}");
     assert!(!err.contains(" { "), "Debug form in: {err}");
     err
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn write_config(dir: &Path, text: &str) -> String {
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    s(&path).to_string()
 }
 
 /// Trains the tiny config to its end in `out`.

@@ -1,10 +1,13 @@
 //! The DepthShrinker stages end to end: `demo` on a tiny run, `search` (gated and random),
 //! `finetune`, a killed-and-resumed search, and their input errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{bin, json, ok, run, s, scratch};
 use depthshrink_nn::checkpoint;
 use serde_json::Value;
 
@@ -33,46 +36,12 @@ lr = 0.05
 log_every = 2
 "#;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("depthshrink-stages-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_depthshrink"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("the binary runs")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn fails_with(args: &[&str], needle: &str) {
     let out = run(args);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{args:?} succeeded");
     assert!(err.contains(needle), "{args:?}: `{needle}` not in: {err}");
     assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 /// Trains the tiny network for one epoch; returns (config path, weights path).

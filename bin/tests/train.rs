@@ -1,10 +1,13 @@
 //! `depthshrink train` and `depthshrink eval` end to end: real processes killed and resumed,
 //! divergence, config errors, evaluation outputs.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::{bin, run, s, scratch, stderr, write_config};
 use depthshrink_nn::checkpoint;
 use serde_json::Value;
 
@@ -34,35 +37,6 @@ schedule = "cosine"
 lr = 0.05
 warmup_epochs = 0.5
 "#;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("depthshrink-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_depthshrink"))
-}
-
-fn run(args: &[&str]) -> Output {
-    bin().args(args).output().expect("the binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn write_config(dir: &Path, text: &str) -> String {
-    let path = dir.join("tiny.toml");
-    std::fs::write(&path, text).unwrap();
-    path.to_str().unwrap().to_string()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn a_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
