@@ -1,12 +1,13 @@
 //! Arguments shared by several subcommands.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use clap::{Args, ValueEnum};
 use depthshrink_nn::arch::{ArchConfig, Family};
 use depthshrink_nn::checkpoint;
+use depthshrink_nn::keep::KeepList;
 use depthshrink_nn::mobilenet::MobileNet;
-use depthshrink_shrinker::search::SearchOutput;
+use depthshrink_shrinker::StageError;
 
 /// Network families the CLI can build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -115,13 +116,11 @@ pub fn load_model(
     if let Some(keep) = keep {
         let keep = parse_keep(keep)?;
         let stored = net.variant().keep;
-        if stored.iter().all(|&k| k) {
+        if stored.keeps_all() {
             net.apply_keep(&keep).map_err(|e| format!("--keep: {e}"))?;
         } else if stored != keep {
             return Err(format!(
-                "--keep {} differs from the keep list {} stored in {} (leave --keep out to use the stored one)",
-                keep_text(&keep),
-                keep_text(&stored),
+                "--keep {keep} differs from the keep list {stored} stored in {} (leave --keep out to use the stored one)",
                 weights.display()
             ));
         }
@@ -129,10 +128,19 @@ pub fn load_model(
     Ok(net)
 }
 
-/// A keep list as the CLI writes it: `1,0,0,1,…`.
-pub fn keep_text(keep: &[bool]) -> String {
-    let bits: Vec<&str> = keep.iter().map(|&k| if k { "1" } else { "0" }).collect();
-    bits.join(",")
+/// A `--keep` argument (see [`KeepList::parse`]), its error naming the flag.
+pub fn parse_keep(arg: &str) -> Result<KeepList, String> {
+    KeepList::parse(arg).map_err(|e| format!("--keep: {e}"))
+}
+
+/// A stage's error as the CLI words it: naming the flag of the input it concerns.
+pub fn stage_error(e: StageError) -> String {
+    match e {
+        StageError::Keep(m) => format!("--keep: {m}"),
+        StageError::Latency(m) => format!("--latency: {m}"),
+        StageError::Pretrained(m) => format!("--pretrained: {m}"),
+        e => e.to_string(),
+    }
 }
 
 /// Refuses an output path (given as `flag`) that is one of the command's `inputs` (flag, path):
@@ -166,140 +174,14 @@ fn same_file(a: &Path, b: &Path) -> bool {
     matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
-/// The file a `--keep` argument reads, if it names an existing one (for
-/// [`refuse_overwriting_inputs`]).
-pub fn keep_file(arg: &str) -> Option<PathBuf> {
-    [arg, count_suffix(arg).0]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-}
-
-/// `FILE:N` split into `FILE` and `N`; `(arg, None)` without a numeric suffix.
-fn count_suffix(arg: &str) -> (&str, Option<usize>) {
-    match arg.rsplit_once(':') {
-        Some((file, n)) => match n.parse() {
-            Ok(n) => (file, Some(n)),
-            Err(_) => (arg, None),
-        },
-        None => (arg, None),
-    }
-}
-
-/// Writes `value` as pretty JSON, atomically (temp file, then rename).
+/// Writes `value` as pretty JSON, atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), String> {
-    let json = serde_json::to_vec_pretty(value).expect("our outputs serialise to JSON");
-    depthshrink_nn::checkpoint::write_atomic(path, &json)
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// A keep list: comma-separated 0/1 in activation-index order (1 = keep), or a file holding
-/// such a list, a JSON array of 0/1, a JSON object with a `keep` array (a search's
-/// search.json), or a TOML file with `keep = [...]` (configs/mbv2-140-*.toml). `FILE:N` picks
-/// the list keeping N activations from a search.json's `keep_lists`.
-pub fn parse_keep(arg: &str) -> Result<Vec<bool>, String> {
-    let path = Path::new(arg);
-    if let (file, Some(kept)) = count_suffix(arg)
-        && !path.exists()
-        && Path::new(file).is_file()
-    {
-        return search_keep_list(file, kept);
-    }
-    let text = if path.is_file() {
-        std::fs::read_to_string(arg).map_err(|e| format!("--keep: cannot read {arg}: {e}"))?
-    } else if path.exists() {
-        return Err(format!("--keep: {arg} is not a file"));
-    } else {
-        // A path that is not there would otherwise be parsed as a list of 0/1.
-        let file = count_suffix(arg).0;
-        if file.contains(['/', '\\']) || file.ends_with(".json") || file.ends_with(".toml") {
-            return Err(format!("--keep: {file} does not exist"));
-        }
-        arg.to_string()
-    };
-    let trimmed = text.trim();
-    let bits: Vec<u64> = if arg.ends_with(".toml") {
-        let table: toml::Table =
-            toml::from_str(trimmed).map_err(|e| format!("--keep: {arg} is not valid TOML: {e}"))?;
-        let list = table
-            .get("keep")
-            .ok_or_else(|| format!("--keep: {arg} has no `keep = [...]`"))?;
-        list.clone()
-            .try_into()
-            .map_err(|_| format!("--keep: `keep` in {arg} is not a list of 0/1"))?
-    } else if trimmed.starts_with('[') || trimmed.starts_with('{') {
-        let v: serde_json::Value = serde_json::from_str(trimmed)
-            .map_err(|e| format!("--keep: {arg} is not valid JSON: {e}"))?;
-        let list = v.get("keep").unwrap_or(&v);
-        serde_json::from_value(list.clone())
-            .map_err(|_| format!("--keep: {arg} holds no list of 0/1"))?
-    } else {
-        trimmed
-            .split(',')
-            .map(|b| {
-                b.trim()
-                    .parse::<u64>()
-                    .map_err(|_| format!("--keep: `{b}` is not 0 or 1 (expected e.g. 1,0,0,1,…)"))
-            })
-            .collect::<Result<_, _>>()?
-    };
-    bits.into_iter()
-        .map(|b| match b {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(format!("--keep: {b} is not 0 or 1")),
-        })
-        .collect()
-}
-
-/// The list keeping `kept` activations among a search.json's `keep_lists`.
-fn search_keep_list(file: &str, kept: usize) -> Result<Vec<bool>, String> {
-    let text =
-        std::fs::read_to_string(file).map_err(|e| format!("--keep: cannot read {file}: {e}"))?;
-    let search: SearchOutput = serde_json::from_str(&text)
-        .map_err(|e| format!("--keep: {file} is not a search's search.json: {e}"))?;
-    let list = search
-        .keep_lists
-        .into_iter()
-        .find(|l| l.kept == kept)
-        .ok_or_else(|| format!("--keep: {file} has no keep list keeping {kept} activations"))?;
-    Ok(list.keep.into_iter().map(|b| b == 1).collect())
+    depthshrink_shrinker::write_json(path, value).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keep_lists_parse_from_text_and_json() {
-        assert_eq!(parse_keep("1,0, 1").unwrap(), [true, false, true]);
-        assert_eq!(parse_keep("[0,1]").unwrap(), [false, true]);
-        assert_eq!(parse_keep(r#"{"keep": [1]}"#).unwrap(), [true]);
-        assert!(parse_keep("1,2").unwrap_err().contains("2 is not 0 or 1"));
-        assert!(parse_keep("1,x").unwrap_err().contains("`x`"));
-        let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/mbv2-140-D.toml");
-        assert_eq!(parse_keep(d).unwrap().iter().filter(|&&k| k).count(), 7);
-    }
-
-    #[test]
-    fn a_keep_file_that_is_not_there_is_called_missing() {
-        for (arg, file) in [
-            ("runs/x/search.json", "runs/x/search.json"),
-            ("runs/x/search.json:5", "runs/x/search.json"),
-            ("search.json", "search.json"),
-            ("keep.toml", "keep.toml"),
-        ] {
-            let err = parse_keep(arg).unwrap_err();
-            assert_eq!(err, format!("--keep: {file} does not exist"));
-        }
-        let err = parse_keep(env!("CARGO_MANIFEST_DIR")).unwrap_err();
-        assert!(err.ends_with("is not a file"), "{err}");
-        assert!(
-            parse_keep("1,0,x")
-                .unwrap_err()
-                .contains("`x` is not 0 or 1")
-        );
-    }
 
     #[test]
     fn explicit_arch_flags_must_agree_with_the_stored_architecture() {
@@ -361,40 +243,6 @@ mod tests {
         assert!(err.contains("is the same file as --weights"), "{err}");
         let fresh = dir.join("new.safetensors");
         assert!(refuse_overwriting_inputs("--out", &fresh, &[("--weights", &input)]).is_ok());
-        assert_eq!(
-            keep_file(&format!("{}:3", input.display())),
-            Some(input.clone())
-        );
-        assert_eq!(keep_file("1,0,1"), None);
         std::fs::remove_dir_all(dir).unwrap();
-    }
-
-    #[test]
-    fn a_search_file_with_a_count_picks_that_keep_list() {
-        use depthshrink_shrinker::search::KeepList;
-        let file = std::env::temp_dir().join(format!("ds-keep-{}.json", std::process::id()));
-        let list = |kept, keep: [u8; 3]| KeepList {
-            kept,
-            ratio: kept as f64 / 3.0,
-            keep: keep.to_vec(),
-            saving_ms: None,
-        };
-        let search = SearchOutput {
-            method: "gates".into(),
-            keep_ratio: 0.67,
-            keep: vec![1, 1, 0],
-            gates: None,
-            keep_lists: vec![list(1, [0, 1, 0]), list(2, [1, 1, 0])],
-        };
-        std::fs::write(&file, serde_json::to_string(&search).unwrap()).unwrap();
-        let f = file.to_str().unwrap();
-        assert_eq!(parse_keep(f).unwrap(), [true, true, false]);
-        assert_eq!(parse_keep(&format!("{f}:1")).unwrap(), [false, true, false]);
-        let err = parse_keep(&format!("{f}:3")).unwrap_err();
-        assert!(err.contains("no keep list keeping 3"), "{err}");
-        std::fs::write(&file, "[1, 0]").unwrap();
-        let err = parse_keep(&format!("{f}:1")).unwrap_err();
-        assert!(err.contains("is not a search's search.json"), "{err}");
-        std::fs::remove_file(file).unwrap();
     }
 }

@@ -10,21 +10,22 @@ use std::time::Instant;
 
 use clap::Args;
 use depthshrink_nn::checkpoint;
+use depthshrink_nn::keep::KeepList;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::state_dict;
-use depthshrink_shrinker::finetune::DistillConfig;
+use depthshrink_shrinker::config::DistillConfig;
+use depthshrink_shrinker::finetune::finetune;
 use depthshrink_shrinker::latency::{LatencyTable, Throughput, compare_with_original, measure};
-use depthshrink_shrinker::merge::{MERGE_TOLERANCE, blocks_to_merge, merge_network, verify};
-use depthshrink_shrinker::search::bits;
-use depthshrink_shrinker::train::{CrossEntropy, LAST, TrainConfig, Trainer, evaluate};
+use depthshrink_shrinker::merge::{MERGE_TOLERANCE, Merged, blocks_to_merge, merge_and_verify};
+use depthshrink_shrinker::search;
+use depthshrink_shrinker::train::{LAST, TrainConfig, evaluate, train};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::args::write_json;
-use crate::finetune::finetune_stage;
+use crate::args::{stage_error, write_json};
 use crate::plot;
-use crate::search::{load_pretrained, print_output, read_latency, search_stage};
-use crate::train::{ConfigArgs, config_threads, load_config, pct, run_stage};
+use crate::search::{load_pretrained, print_output};
+use crate::train::{ConfigArgs, Progress, config_threads, load_config, pct};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -70,7 +71,7 @@ struct Summary {
     merged_top1: f64,
     activations: usize,
     kept: usize,
-    keep: Vec<u8>,
+    keep: KeepList,
     merged_blocks: usize,
     blocks: usize,
     max_abs_error: f32,
@@ -105,14 +106,7 @@ fn resumable(dir: &Path) -> bool {
 }
 
 fn pretrain_stage(config: &TrainConfig, out: &Path) -> Result<MobileNet, String> {
-    let resume = resumable(out);
-    let start = Instant::now();
-    let mut trainer = Trainer::new(config.clone(), out, resume).map_err(|e| e.to_string())?;
-    let mut objective = CrossEntropy {
-        smoothing: config.label_smoothing as f32,
-    };
-    run_stage("pretraining", &mut trainer, &mut objective, resume, start)?;
-    Ok(trainer.model)
+    train(config.clone(), out, resumable(out), &mut Progress::new()).map_err(|e| e.to_string())
 }
 
 pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
@@ -179,7 +173,7 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     let table = match &args.latency {
         Some(path) => {
             println!("reading {}", path.display());
-            read_latency(path, &pretrained.arch, Some(res))?
+            LatencyTable::read(path, Some(&pretrained.arch), Some(res)).map_err(stage_error)?
         }
         None => latency_table(&pretrained, res, args.bench_batch, &out)?,
     };
@@ -195,15 +189,17 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     search_config.epochs = args.search_epochs;
     search_config.search = Some(search.clone());
     let search_dir = out.join("search");
-    let found = search_stage(
+    let found = search::search(
         search_config.clone(),
         pretrained.clone(),
         Some(&table),
         &search_dir,
         resumable(&search_dir),
-    )?;
+        &mut Progress::new(),
+    )
+    .map_err(stage_error)?;
     print_output(&found);
-    let keep: Vec<bool> = found.keep.iter().map(|&k| k == 1).collect();
+    let keep = found.keep;
 
     stage(
         4,
@@ -220,13 +216,16 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
             .unwrap_or_else(DistillConfig::default),
     );
     let finetune_dir = out.join("finetune");
-    let finetuned = finetune_stage(
+    let finetuned = finetune(
         finetune_config,
         &pretrained,
+        None,
         &keep,
         &finetune_dir,
         resumable(&finetune_dir),
-    )?;
+        &mut Progress::new(),
+    )
+    .map_err(stage_error)?;
     let after = evaluate(&finetuned, &data.test).map_err(|e| e.to_string())?;
 
     stage(
@@ -234,28 +233,19 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
         "merge and verify",
         "folds batch norm and composes each linearised block (1×1 → depthwise → 1×1, skip) into one dense conv, then checks merged == unmerged on random inputs",
     );
-    let merge = blocks_to_merge(&finetuned, false, Some(&table));
-    let mut merged = merge_network(&finetuned, &merge).map_err(|e| e.to_string())?;
-    let err = verify(
-        &finetuned,
-        &merged,
-        &[(res, res), (res / 2 + 3, res / 2 + 1)],
-        0,
-    )
-    .map_err(|e| e.to_string())?;
-    let merged_blocks = merge.iter().filter(|&&m| m).count();
+    let plan = blocks_to_merge(&finetuned, false, Some(&table));
+    let Merged {
+        network: mut merged,
+        plan,
+        deviation: err,
+    } = merge_and_verify(&finetuned, plan, res).map_err(stage_error)?;
+    let merged_blocks = plan.iter().filter(|&&m| m).count();
     println!(
         "merged {merged_blocks} of {} blocks (those whose merge the latency table says pays); max abs error {:.2e}, max relative error {:.2e}",
-        merge.len(),
+        plan.len(),
         err.max_abs,
         err.max_rel
     );
-    if err.max_rel > MERGE_TOLERANCE {
-        return Err(format!(
-            "the merged network differs from the unmerged one (relative error {:.2e} > {MERGE_TOLERANCE:e})",
-            err.max_rel
-        ));
-    }
     let merged_path = out.join("merged.safetensors");
     checkpoint::save(&merged_path, &state_dict(&mut merged), &merged.metadata())
         .map_err(|e| e.to_string())?;
@@ -283,10 +273,10 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
         finetuned_top1: after.top1,
         merged_top1: merged_eval.top1,
         activations: keep.len(),
-        kept: keep.iter().filter(|&&k| k).count(),
-        keep: bits(&keep),
+        kept: keep.kept(),
+        keep,
         merged_blocks,
-        blocks: merge.len(),
+        blocks: plan.len(),
         max_abs_error: err.max_abs,
         max_rel_error: err.max_rel,
         res,

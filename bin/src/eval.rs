@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
+use depthshrink_data::Subset;
 use depthshrink_data::open_or_synthetic;
 use depthshrink_nn::checkpoint::{self, write_atomic};
-use depthshrink_shrinker::train::{DataConfig, Subset, TrainConfig, eval_loader, evaluate};
+use depthshrink_nn::keep::KeepList;
+use depthshrink_shrinker::train::{DataConfig, TrainConfig, eval_loader, evaluate};
 
-use crate::args::{ArchArgs, keep_file, load_model, refuse_overwriting_inputs};
+use crate::args::{ArchArgs, load_model, refuse_overwriting_inputs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -53,7 +55,7 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
         return Err("--limit must be at least 1".into());
     }
     if let Some(path) = &args.confusion {
-        let keep = args.keep.as_deref().and_then(keep_file);
+        let keep = args.keep.as_deref().and_then(KeepList::source_file);
         let mut inputs = vec![("--weights", args.weights.as_path())];
         inputs.extend(keep.as_deref().map(|k| ("--keep", k)));
         refuse_overwriting_inputs("--confusion", path, &inputs)?;
@@ -80,7 +82,12 @@ pub fn run(args: &EvalArgs) -> Result<(), String> {
         splits.test = Arc::new(Subset::new(Arc::clone(&splits.test), n));
     }
     let eval_tf = match &ckpt_config {
-        Some(d) => d.transforms(&splits).map_err(|e| e.to_string())?.1,
+        Some(d) => {
+            splits
+                .transforms(d.augment, d.res, d.random_erasing)
+                .map_err(|e| e.to_string())?
+                .1
+        }
         None => {
             splits
                 .default_transforms(args.res)

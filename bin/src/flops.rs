@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use depthshrink_nn::arch::ArchConfig;
+use depthshrink_nn::keep::KeepList;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -54,7 +55,8 @@ pub fn run(args: &FlopsArgs) -> Result<(), String> {
                         path.display()
                     )),
                 })
-                .collect::<Result<Vec<_>, _>>()?;
+                .collect::<Result<Vec<_>, _>>()?
+                .into();
             let arch = match cfg.model {
                 Some(model) => {
                     // The table describes the network: a flag saying otherwise is refused,
@@ -72,7 +74,7 @@ pub fn run(args: &FlopsArgs) -> Result<(), String> {
         ),
     };
     let spec = arch.spec();
-    let keep = keep.unwrap_or_else(|| vec![true; spec.num_acts()]);
+    let keep: KeepList = keep.unwrap_or_else(|| KeepList::all(spec.num_acts()));
     if keep.len() != spec.num_acts() {
         return Err(format!(
             "the keep list has {} entries; this network has {} activation indices",
@@ -99,7 +101,7 @@ pub fn run(args: &FlopsArgs) -> Result<(), String> {
             json!({"res": res, "params": params, "macs_m": macs, "fvcore_mflops": fvcore, "keep": keep})
         );
     } else {
-        let removed = keep.iter().filter(|k| !**k).count();
+        let removed = keep.len() - keep.kept();
         println!(
             "{res}×{res}, {} activations removed: {macs:.2} M multiply-adds, {fvcore:.2} MFLOPs (fvcore convention), {params} parameters unmerged",
             removed

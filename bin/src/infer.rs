@@ -7,10 +7,11 @@ use clap::Args;
 use depthshrink_autograd::Var;
 use depthshrink_nn::Ctx;
 use depthshrink_nn::checkpoint::{self, CheckpointError};
+use depthshrink_nn::keep::KeepList;
 use depthshrink_tensor::Tensor;
 use serde_json::Value;
 
-use crate::args::{ArchArgs, keep_file, load_model, refuse_overwriting_inputs};
+use crate::args::{ArchArgs, load_model, refuse_overwriting_inputs};
 
 #[derive(Args)]
 pub struct InferArgs {
@@ -43,7 +44,7 @@ pub fn run(args: &InferArgs) -> Result<(), String> {
     if args.batch == 0 {
         return Err("--batch must be at least 1".into());
     }
-    let keep = args.keep.as_deref().and_then(keep_file);
+    let keep = args.keep.as_deref().and_then(KeepList::source_file);
     let mut inputs = vec![
         ("--weights", args.weights.as_path()),
         ("--input", args.input.as_path()),

@@ -1,9 +1,9 @@
 //! `depthshrink latency`: per-block latency table, unmerged vs merged, measured here.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use clap::Args;
-use depthshrink_shrinker::latency::{LatencyTable, measure};
+use depthshrink_shrinker::latency::measure;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{ArchArgs, write_json};
@@ -77,15 +77,4 @@ pub fn run(args: &LatencyArgs) -> Result<(), String> {
         println!("wrote {}", out.display());
     }
     Ok(())
-}
-
-/// Reads a table written by `depthshrink latency --out` (or a demo's latency.json).
-pub fn read_table(path: &Path) -> Result<LatencyTable, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "{}: not a latency table (write one with `depthshrink latency --out`): {e}",
-            path.display()
-        )
-    })
 }

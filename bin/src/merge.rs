@@ -4,11 +4,13 @@ use std::path::PathBuf;
 
 use clap::Args;
 use depthshrink_nn::checkpoint;
+use depthshrink_nn::keep::KeepList;
 use depthshrink_nn::module::state_dict;
-use depthshrink_shrinker::merge::{MERGE_TOLERANCE, blocks_to_merge, merge_network, verify};
+use depthshrink_shrinker::StageError;
+use depthshrink_shrinker::latency::LatencyTable;
+use depthshrink_shrinker::merge::{MERGE_TOLERANCE, blocks_to_merge, merge_and_verify};
 
-use crate::args::{ArchArgs, keep_file, load_model, refuse_overwriting_inputs};
-use crate::search::read_latency;
+use crate::args::{ArchArgs, load_model, refuse_overwriting_inputs, stage_error};
 
 #[derive(Args)]
 pub struct MergeArgs {
@@ -41,13 +43,13 @@ pub struct MergeArgs {
 }
 
 pub fn run(args: &MergeArgs) -> Result<(), String> {
-    let keep = args.keep.as_deref().and_then(keep_file);
+    let keep = args.keep.as_deref().and_then(KeepList::source_file);
     let mut inputs = vec![("--weights", args.weights.as_path())];
     inputs.extend(keep.as_deref().map(|k| ("--keep", k)));
     inputs.extend(args.latency.as_deref().map(|l| ("--latency", l)));
     refuse_overwriting_inputs("--out", &args.out, &inputs)?;
     let net = load_model(&args.weights, &args.arch, args.keep.as_deref())?;
-    if net.variant().keep.iter().all(|&k| k) {
+    if net.variant().keep.keeps_all() {
         return Err(format!(
             "{} keeps every activation, so no block can merge: give --keep (the activations to keep)",
             args.weights.display()
@@ -56,33 +58,32 @@ pub fn run(args: &MergeArgs) -> Result<(), String> {
     let table = args
         .latency
         .as_deref()
-        .map(|p| read_latency(p, &net.arch, None))
-        .transpose()?;
-    let merge = blocks_to_merge(
+        .map(|p| LatencyTable::read(p, Some(&net.arch), None))
+        .transpose()
+        .map_err(stage_error)?;
+    let plan = blocks_to_merge(
         &net,
         args.merge_ds,
         table.as_ref().filter(|_| args.only_if_faster),
     );
-    let merged = merge_network(&net, &merge).map_err(|e| e.to_string())?;
     let res = if net.arch.cifar { 32 } else { 224 };
-    // The native size and an odd one, so borders and odd strides are both checked.
-    let err = verify(&net, &merged, &[(res, res), (res / 2 + 3, res / 2 + 1)], 0)
-        .map_err(|e| e.to_string())?;
-    let count = merge.iter().filter(|&&m| m).count();
+    let mut merged = match merge_and_verify(&net, plan, res) {
+        Err(StageError::MergeMismatch { max_rel }) => {
+            return Err(format!(
+                "the merged network differs from the unmerged one (relative error {max_rel:.2e} > {MERGE_TOLERANCE:e}); nothing written"
+            ));
+        }
+        result => result.map_err(stage_error)?,
+    };
     println!(
-        "merged {count} of {} blocks; verified on random inputs: max abs error {:.2e}, max relative error {:.2e}",
-        merge.len(),
-        err.max_abs,
-        err.max_rel
+        "merged {} of {} blocks; verified on random inputs: max abs error {:.2e}, max relative error {:.2e}",
+        merged.count(),
+        merged.plan.len(),
+        merged.deviation.max_abs,
+        merged.deviation.max_rel
     );
-    if err.max_rel > MERGE_TOLERANCE {
-        return Err(format!(
-            "the merged network differs from the unmerged one (relative error {:.2e} > {MERGE_TOLERANCE:e}); nothing written",
-            err.max_rel
-        ));
-    }
-    let mut merged = merged;
-    checkpoint::save(&args.out, &state_dict(&mut merged), &merged.metadata())
+    let network = &mut merged.network;
+    checkpoint::save(&args.out, &state_dict(network), &network.metadata())
         .map_err(|e| e.to_string())?;
     println!("wrote {}", args.out.display());
     Ok(())

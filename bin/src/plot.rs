@@ -18,7 +18,6 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::args::refuse_overwriting_inputs;
-use crate::latency::read_table;
 
 #[derive(Args)]
 pub struct PlotArgs {
@@ -168,7 +167,10 @@ pub fn run(args: &PlotArgs) -> Result<(), String> {
         .zip(legend_names(&args.inputs, &args.label)?)
     {
         if is_table(path) {
-            tables.push((label, read_table(path)?));
+            tables.push((
+                label,
+                LatencyTable::read(path, None, None).map_err(|e| e.to_string())?,
+            ));
         } else {
             runs.push(read_run(path, &label)?);
         }

@@ -2,21 +2,15 @@
 //! baseline), and write the gate scores with keep lists for every count as JSON.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clap::Args;
-use depthshrink_nn::arch::ArchConfig;
 use depthshrink_nn::checkpoint;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_shrinker::latency::LatencyTable;
-use depthshrink_shrinker::search::{GateSearch, SearchOutput, install_gates};
-use depthshrink_shrinker::train::{TrainConfig, Trainer};
+use depthshrink_shrinker::search::{self, SEARCH_JSON, SearchOutput};
 
-use crate::args::write_json;
-use crate::train::{RunArgs, config_threads, load_config, run_stage};
-
-/// The search's output file, in the run directory.
-pub const SEARCH_JSON: &str = "search.json";
+use crate::args::stage_error;
+use crate::train::{Progress, RunArgs, config_threads, load_config};
 
 #[derive(Args)]
 pub struct SearchArgs {
@@ -39,19 +33,6 @@ pub struct SearchArgs {
     pub random: bool,
 }
 
-/// Reads a latency table and checks it was measured for `arch` (at `res`, when given).
-pub fn read_latency(
-    path: &Path,
-    arch: &ArchConfig,
-    res: Option<usize>,
-) -> Result<LatencyTable, String> {
-    let table = crate::latency::read_table(path).map_err(|e| format!("--latency {e}"))?;
-    table
-        .check(arch, res)
-        .map_err(|e| format!("--latency {}: {e}", path.display()))?;
-    Ok(table)
-}
-
 pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> {
     let (mut config, stem) = load_config(&args.run.setup)?;
     let mut search = config.search.clone().unwrap_or_default();
@@ -61,7 +42,7 @@ pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> 
     search
         .validate()
         .map_err(|e| format!("--keep-ratio: {e}"))?;
-    config.search = Some(search.clone());
+    config.search = Some(search);
     config_threads(&config, cli_threads)?;
     let out = args
         .run
@@ -72,34 +53,25 @@ pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> 
         None if args.random => None,
         None => return Err("--pretrained FILE is required (or --random for the baseline)".into()),
     };
-    let latency = match (&args.latency, &pretrained) {
-        (None, _) => None,
-        // The search checks the input size too, once its data is open.
-        (Some(path), Some(net)) => Some(read_latency(path, &net.arch, None)?),
-        (Some(path), None) => {
-            let table = crate::latency::read_table(path).map_err(|e| format!("--latency {e}"))?;
-            let arch = config.model.arch(table.arch.num_classes);
-            Some(read_latency(path, &arch, None)?)
-        }
-    };
-    let n = match &pretrained {
-        Some(net) => net.num_acts(),
-        None => config.model.arch(10).spec().blocks.len() + 2,
-    };
+    // The search checks the architecture (and the input size, once its data is open).
+    let latency = args
+        .latency
+        .as_deref()
+        .map(|p| LatencyTable::read(p, None, None))
+        .transpose()
+        .map_err(stage_error)?;
     let output = match pretrained {
-        None => {
-            let searchable = search.searchable(n)?;
-            let output = SearchOutput::random(
-                &searchable,
-                search.keep_ratio,
-                config.seed,
-                latency.as_ref(),
-            );
-            write_output(&out, &output)?;
-            output
-        }
-        Some(net) => search_stage(config, net, latency.as_ref(), &out, args.run.resume)?,
-    };
+        None => search::random_search(&config, latency.as_ref(), &out),
+        Some(net) => search::search(
+            config,
+            net,
+            latency.as_ref(),
+            &out,
+            args.run.resume,
+            &mut Progress::new(),
+        ),
+    }
+    .map_err(stage_error)?;
     print_output(&output);
     let path = out.join(SEARCH_JSON);
     println!(
@@ -116,60 +88,16 @@ pub fn load_pretrained(path: &Path) -> Result<MobileNet, String> {
     MobileNet::from_checkpoint(&ckpt, None).map_err(|e| e.to_string())
 }
 
-/// Stage 1 on `pretrained` per `config` (its `[search]` table), in `out`; writes and returns
-/// the search output.
-pub fn search_stage(
-    config: TrainConfig,
-    mut net: MobileNet,
-    latency: Option<&LatencyTable>,
-    out: &Path,
-    resume: bool,
-) -> Result<SearchOutput, String> {
-    let search = config.search.clone().unwrap_or_default();
-    let n = net.num_acts();
-    let searchable = search.searchable(n)?;
-    install_gates(&mut net, &search)?;
-    let smoothing = config.label_smoothing as f32;
-    let start = Instant::now();
-    let mut trainer =
-        Trainer::with_model(config, out, resume, Some(net)).map_err(|e| e.to_string())?;
-    if let Some(table) = latency {
-        let res = trainer.data.input_res().map_err(|e| e.to_string())?;
-        table
-            .check(&trainer.model.arch, Some(res))
-            .map_err(|e| format!("--latency: {e}"))?;
-    }
-    // Also on resume: the checkpoint holds the scores, the config the rest.
-    install_gates(&mut trainer.model, &search)?;
-    let mut objective = GateSearch::new(&search, latency, n, smoothing);
-    run_stage("searching", &mut trainer, &mut objective, resume, start)?;
-    let gates = trainer.model.search.as_ref().expect("installed above");
-    let output = SearchOutput::from_scores(
-        gates.scores.value.data(),
-        &searchable,
-        search.keep_ratio,
-        latency,
-    );
-    write_output(out, &output)?;
-    Ok(output)
-}
-
-fn write_output(out: &Path, output: &SearchOutput) -> Result<(), String> {
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    write_json(&out.join(SEARCH_JSON), output)
-}
-
 pub fn print_output(output: &SearchOutput) {
     if let Some(gates) = &output.gates {
         let scores: Vec<String> = gates.iter().map(|g| format!("{g:.3}")).collect();
         println!("gate scores (small = keep): {}", scores.join(" "));
     }
-    let kept = output.keep.iter().filter(|&&k| k == 1).count();
-    let list: Vec<String> = output.keep.iter().map(u8::to_string).collect();
     println!(
-        "keep {kept} of {} ({}): {}",
+        "keep {} of {} ({}): {}",
+        output.keep.kept(),
         output.keep.len(),
         output.method,
-        list.join(",")
+        output.keep
     );
 }

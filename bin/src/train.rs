@@ -6,8 +6,7 @@ use std::time::Instant;
 
 use clap::Args;
 use depthshrink_shrinker::train::{
-    BatchProgress, CrossEntropy, EpochMetrics, Objective, Observer, RunSummary, TrainConfig,
-    Trainer,
+    BatchProgress, EpochMetrics, Observer, RunSummary, TrainConfig, Trainer, train,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -140,82 +139,19 @@ pub fn run(args: &TrainArgs, cli_threads: Option<usize>) -> Result<(), String> {
     let (config, stem) = load_config(&args.setup)?;
     config_threads(&config, cli_threads)?;
     let out = args.setup.out_dir(&stem, "");
-    let start = Instant::now();
-    let mut trainer = Trainer::new(config, &out, args.resume).map_err(|e| e.to_string())?;
-    let mut objective = CrossEntropy {
-        smoothing: trainer.config.label_smoothing as f32,
-    };
-    run_stage("training", &mut trainer, &mut objective, args.resume, start)?;
+    train(config, &out, args.resume, &mut Progress::new()).map_err(|e| e.to_string())?;
     Ok(())
-}
-
-/// Runs a trainer with progress bars between its first and last lines.
-pub fn run_stage(
-    what: &str,
-    trainer: &mut Trainer,
-    objective: &mut dyn Objective,
-    resumed: bool,
-    start: Instant,
-) -> Result<RunSummary, String> {
-    announce(what, trainer, resumed);
-    let mut progress = Progress::default();
-    let summary = trainer.run_with(&mut progress, objective).map_err(|e| {
-        progress.clear();
-        e.to_string()
-    })?;
-    finished(&summary, start, &trainer.out);
-    Ok(summary)
-}
-
-/// The line a run starts with: what is trained on what, how long, and where it goes.
-fn announce(what: &str, trainer: &Trainer, resumed: bool) {
-    let c = &trainer.config;
-    let out = &trainer.out;
-    let splits = &trainer.data.splits;
-    let data_name = splits
-        .root
-        .as_ref()
-        .map_or("synthetic".into(), |p| p.display().to_string());
-    let pos = trainer.position;
-    let resumed = if resumed {
-        format!(", resumed at epoch {} batch {}", pos.epoch + 1, pos.batch)
-    } else {
-        String::new()
-    };
-    println!(
-        "{what} {} on {data_name}: {} train / {} test images, {} epochs × {} batches of {}, {} threads → {}{resumed}",
-        trainer.model.arch,
-        splits.train.len(),
-        splits.test.len(),
-        c.epochs,
-        trainer.batches_per_epoch(),
-        c.data.batch_size,
-        rayon::current_num_threads(),
-        out.display()
-    );
-}
-
-/// The line a run ends with.
-fn finished(summary: &RunSummary, start: Instant, out: &Path) {
-    match &summary.last {
-        Some(m) => println!(
-            "done in {:.1} s: final val acc {}, best {}; weights in {}",
-            start.elapsed().as_secs_f64(),
-            pct(m.val_acc),
-            pct(summary.best_val_acc),
-            out.display()
-        ),
-        None => println!("nothing to do: the run in {} is complete", out.display()),
-    }
 }
 
 pub fn pct(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{:.2}%", 100.0 * v))
 }
 
-/// Progress bars on a terminal (indicatif hides them otherwise) and one line per epoch.
-#[derive(Default)]
-struct Progress {
+/// Progress bars on a terminal (indicatif hides them otherwise), one line per epoch, and a
+/// first and last line for the run.
+pub struct Progress {
+    /// When the command started (the run's last line gives the time since).
+    started: Instant,
     bar: Option<ProgressBar>,
     epochs: usize,
     loss: Option<f64>,
@@ -224,10 +160,29 @@ struct Progress {
 }
 
 impl Progress {
+    /// Starts the clock of the run's last line.
+    pub fn new() -> Progress {
+        Progress {
+            started: Instant::now(),
+            bar: None,
+            epochs: 0,
+            loss: None,
+            acc: None,
+            speed: None,
+        }
+    }
+
     fn clear(&mut self) {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
+    }
+}
+
+impl Drop for Progress {
+    /// A run that stops with an error leaves no half-drawn bar above the message.
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -236,6 +191,51 @@ fn ema(old: Option<f64>, new: f64) -> Option<f64> {
 }
 
 impl Observer for Progress {
+    /// The line a run starts with: what is trained on what, how long, and where it goes.
+    fn run_start(&mut self, what: &str, trainer: &Trainer) {
+        let c = &trainer.config;
+        let splits = &trainer.data.splits;
+        let data_name = splits
+            .root
+            .as_ref()
+            .map_or("synthetic".into(), |p| p.display().to_string());
+        let pos = trainer.position;
+        let resumed = if trainer.resumed {
+            format!(", resumed at epoch {} batch {}", pos.epoch + 1, pos.batch)
+        } else {
+            String::new()
+        };
+        println!(
+            "{what} {} on {data_name}: {} train / {} test images, {} epochs × {} batches of {}, {} threads → {}{resumed}",
+            trainer.model.arch,
+            splits.train.len(),
+            splits.test.len(),
+            c.epochs,
+            trainer.batches_per_epoch(),
+            c.data.batch_size,
+            rayon::current_num_threads(),
+            trainer.out.display()
+        );
+    }
+
+    /// The line a run ends with.
+    fn run_done(&mut self, summary: &RunSummary, trainer: &Trainer) {
+        self.clear();
+        match &summary.last {
+            Some(m) => println!(
+                "done in {:.1} s: final val acc {}, best {}; weights in {}",
+                self.started.elapsed().as_secs_f64(),
+                pct(m.val_acc),
+                pct(summary.best_val_acc),
+                trainer.out.display()
+            ),
+            None => println!(
+                "nothing to do: the run in {} is complete",
+                trainer.out.display()
+            ),
+        }
+    }
+
     fn epoch_start(&mut self, epoch: usize, epochs: usize, start_batch: usize, batches: usize) {
         self.clear();
         self.epochs = epochs;

@@ -1,3 +1,5 @@
+use std::sync::Arc;
+
 use crate::error::{DataError, Result};
 
 /// A decoded RGB image, row-major HWC with 8-bit channels.
@@ -102,5 +104,49 @@ pub(crate) fn check_index(index: usize, len: usize) -> Result<()> {
         Ok(())
     } else {
         Err(DataError::Index { index, len })
+    }
+}
+
+/// The first `len` samples of a data set.
+pub struct Subset {
+    inner: Arc<dyn Dataset>,
+    len: usize,
+}
+
+impl Subset {
+    /// The first `limit` samples of `inner` (all of them when it has fewer).
+    pub fn new(inner: Arc<dyn Dataset>, limit: usize) -> Subset {
+        let len = limit.min(inner.len());
+        Subset { inner, len }
+    }
+}
+
+impl Dataset for Subset {
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn get(&self, index: usize) -> Result<Sample> {
+        if index >= self.len {
+            return Err(DataError::Index {
+                index,
+                len: self.len,
+            });
+        }
+        self.inner.get(index)
+    }
+    fn label(&self, index: usize) -> Result<usize> {
+        if index >= self.len {
+            return Err(DataError::Index {
+                index,
+                len: self.len,
+            });
+        }
+        self.inner.label(index)
+    }
+    fn describe(&self, index: usize) -> String {
+        self.inner.describe(index)
+    }
+    fn class_names(&self) -> &[String] {
+        self.inner.class_names()
     }
 }

@@ -37,14 +37,14 @@ mod transform;
 mod testutil;
 
 pub use cifar::{CIFAR10_CLASSES, CifarBinary, RECORD_BYTES, TEST_FILE, TRAIN_FILES};
-pub use dataset::{Dataset, Image, Sample};
+pub use dataset::{Dataset, Image, Sample, Subset};
 pub use error::{DataError, Result};
 pub use folder::{ImageFolder, decode_file};
 pub use inspect::{
     ImageSizes, InspectOptions, InspectReport, MAX_DISTINCT_SIZES, SplitReport, Unreadable, inspect,
 };
 pub use loader::{Batch, Epoch, Loader, LoaderConfig, Skipped};
-pub use open::{Format, Splits, open, open_or_synthetic, open_synthetic};
+pub use open::{Augment, Format, Splits, open, open_or_synthetic, open_synthetic};
 pub use resize::{Interpolation, crop, resize};
 pub use synthetic::{SYNTHETIC_CLASSES, SYNTHETIC_SEED, Synthetic};
 pub use transform::{

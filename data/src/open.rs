@@ -8,7 +8,8 @@ use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
 use crate::folder::{ImageFolder, class_dirs};
 use crate::synthetic::Synthetic;
-use crate::transform::TransformConfig;
+use crate::transform::{RandomErasing, TransformConfig};
+use serde::{Deserialize, Serialize};
 
 /// Which kind of data set a [`Splits`] came from (it decides the default transforms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,6 +29,22 @@ impl Format {
     }
 }
 
+/// Augmentation presets: the `augment` key of a config's `[data]` table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Augment {
+    /// The data set's own (synthetic / CIFAR: pad-4 crop + flip; ImageNet-like folders:
+    /// RandomResizedCrop at `res` + flip).
+    #[default]
+    Default,
+    /// None: train on the evaluation transform.
+    None,
+    /// Pad-4 random crop + flip with CIFAR-10 statistics.
+    Cifar,
+    /// RandomResizedCrop at `res` + flip; eval: resize to res/0.875, centre crop.
+    Imagenet,
+}
+
 /// The train and evaluation splits of one data set, sharing class names.
 #[derive(Clone)]
 pub struct Splits {
@@ -43,6 +60,38 @@ pub struct Splits {
 impl Splits {
     pub fn class_names(&self) -> &[String] {
         self.train.class_names()
+    }
+
+    /// The (train, eval) transforms of the preset `augment` for this data set: ImageNet's at
+    /// `res`, and random erasing with probability `random_erasing` on training images (0 = off).
+    pub fn transforms(
+        &self,
+        augment: Augment,
+        res: usize,
+        random_erasing: f64,
+    ) -> Result<(TransformConfig, TransformConfig)> {
+        let (mut train, eval) = match augment {
+            Augment::Default => self.default_transforms(res)?,
+            Augment::None => {
+                let eval = self.default_transforms(res)?.1;
+                (eval.clone(), eval)
+            }
+            Augment::Cifar => (
+                TransformConfig::cifar_train(),
+                TransformConfig::cifar_eval(),
+            ),
+            Augment::Imagenet => (
+                TransformConfig::imagenet_train(res),
+                TransformConfig::imagenet_eval(res),
+            ),
+        };
+        if random_erasing > 0.0 {
+            train.random_erasing = Some(RandomErasing {
+                p: random_erasing,
+                ..Default::default()
+            });
+        }
+        Ok((train, eval))
     }
 
     /// The preset (train, eval) transforms for this data set: the synthetic set's own, CIFAR's

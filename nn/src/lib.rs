@@ -3,6 +3,7 @@
 pub mod activation;
 pub mod arch;
 pub mod checkpoint;
+pub mod keep;
 pub mod layers;
 pub mod loss;
 pub mod mobilenet;

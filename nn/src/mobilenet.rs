@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::activation::{Act, SearchGates};
 use crate::arch::{ArchConfig, BlockSpec, NetSpec};
 use crate::checkpoint::{self, Checkpoint, CheckpointError, LoadOptions};
+use crate::keep::KeepList;
 use crate::layers::{Conv2d, ConvBn, Linear};
 use crate::module::{Ctx, Entry, Module, join};
 
@@ -19,8 +20,10 @@ use crate::module::{Ctx, Entry, Module, join};
 /// metadata beside the [`ArchConfig`], so a compressed network rebuilds from its file alone.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variant {
-    /// Per activation index (stem, blocks, head): true = ReLU6 kept.
-    pub keep: Vec<bool>,
+    /// Per activation index (stem, blocks, head): true = ReLU6 kept. Stored as `true`/`false`
+    /// (the checkpoint format since the first release).
+    #[serde(with = "crate::keep::as_bools")]
+    pub keep: KeepList,
     /// Per block: merged into one dense conv.
     pub merged: Vec<bool>,
 }
@@ -460,7 +463,10 @@ impl MobileNet {
             .iter()
             .map(|b| matches!(b, Block::Merged(_)))
             .collect();
-        Variant { keep, merged }
+        Variant {
+            keep: KeepList::new(keep),
+            merged,
+        }
     }
 
     fn check_len(&self, op: &'static str, len: usize) -> Result<()> {

@@ -1,61 +1,21 @@
 //! Stage 2 (depthshrinker.md §4): remove the activations a search chose and finetune from the
 //! original pretrained weights, optionally distilling from the pretrained network.
 
+use std::path::Path;
+
 use depthshrink_autograd::Var;
 use depthshrink_data::Batch;
 use depthshrink_nn::Ctx;
+use depthshrink_nn::keep::KeepList;
 use depthshrink_nn::loss::distillation;
 use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_nn::module::state_dict;
 use depthshrink_tensor::Tensor;
-use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
-use crate::train::Objective;
-
-/// The `[distill]` table of a config: self-distillation from the pretrained network.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DistillConfig {
-    /// Weight of the soft (teacher) term; official 0.7.
-    #[serde(default = "default_alpha")]
-    pub alpha: f64,
-    /// Softmax temperature T; official 1.
-    #[serde(default = "default_temperature")]
-    pub temperature: f64,
-}
-
-fn default_alpha() -> f64 {
-    0.7
-}
-fn default_temperature() -> f64 {
-    1.0
-}
-
-impl Default for DistillConfig {
-    fn default() -> Self {
-        DistillConfig {
-            alpha: default_alpha(),
-            temperature: default_temperature(),
-        }
-    }
-}
-
-impl DistillConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(format!(
-                "distill.alpha must be in [0, 1], got {}",
-                self.alpha
-            ));
-        }
-        if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(format!(
-                "distill.temperature must be a positive number, got {}",
-                self.temperature
-            ));
-        }
-        Ok(())
-    }
-}
+use crate::config::DistillConfig;
+use crate::error::StageError;
+use crate::train::{CrossEntropy, Objective, Observer, TrainConfig, Trainer};
 
 /// The student for finetuning: the pretrained network with the activations `keep` drops
 /// removed (identity sites; pad-first plus one output ReLU6 for removed IR blocks).
@@ -112,10 +72,123 @@ impl Objective for Distill {
     }
 }
 
+/// Stage 2: `pretrained` with the activations `keep` drops removed, finetuned per `config` in
+/// `out` (distilled from `pretrained` when the config has a `[distill]` table). `resume`
+/// continues the run in `out`, which must have the same keep list and pretrained network
+/// (`pretrained_file`, when given, is recorded beside its fingerprint). Returns the finetuned
+/// network (also in `out`'s `last.safetensors`).
+pub fn finetune(
+    config: TrainConfig,
+    pretrained: &MobileNet,
+    pretrained_file: Option<&Path>,
+    keep: &KeepList,
+    out: &Path,
+    resume: bool,
+    observer: &mut dyn Observer,
+) -> Result<MobileNet, StageError> {
+    let net = student(pretrained, keep).map_err(|e| StageError::Keep(e.to_string()))?;
+    let smoothing = config.label_smoothing as f32;
+    let mut objective: Box<dyn Objective> = match &config.distill {
+        Some(d) => Box::new(Distill::new(pretrained, d, smoothing)?),
+        None => Box::new(CrossEntropy { smoothing }),
+    };
+    let mut trainer = Trainer::with_model(config, out, resume, Some(net))?;
+    let stored = trainer.model.variant().keep;
+    if stored != *keep {
+        return Err(StageError::Keep(format!(
+            "{keep} differs from the keep list {stored} of the run being resumed in {}",
+            out.display()
+        )));
+    }
+    record_teacher(&mut trainer, pretrained, pretrained_file)?;
+    let what = format!(
+        "finetuning ({} of {} activations kept{})",
+        keep.kept(),
+        keep.len(),
+        if trainer.config.distill.is_some() {
+            ", distilled"
+        } else {
+            ""
+        }
+    );
+    trainer.run_stage(&what, observer, objective.as_mut())?;
+    Ok(trainer.model)
+}
+
+/// Where the run's metadata records the pretrained network (its `extra` object).
+const TEACHER_KEY: &str = "pretrained";
+
+/// Records the pretrained network (file and fingerprint) in the run's metadata; on resume,
+/// refuses one that differs from the recorded one: the checkpoint would then name a teacher
+/// (and a starting point) the run did not have. Runs recorded before fingerprints existed are
+/// resumed as they are, without one.
+fn record_teacher(
+    trainer: &mut Trainer,
+    pretrained: &MobileNet,
+    path: Option<&Path>,
+) -> Result<(), StageError> {
+    let fingerprint = fingerprint(pretrained);
+    let name = |path: Option<&Value>| {
+        path.and_then(Value::as_str).map_or(
+            "a network from an earlier stage".to_string(),
+            str::to_string,
+        )
+    };
+    let new_path = path.map(|p| Value::String(p.display().to_string()));
+    let recorded = trainer.extra_metadata.get(TEACHER_KEY);
+    if trainer.resumed {
+        let Some(recorded) = recorded else {
+            return Ok(());
+        };
+        if recorded.get("fingerprint").and_then(Value::as_str) != Some(fingerprint.as_str()) {
+            return Err(StageError::Pretrained(format!(
+                "{} (fingerprint {fingerprint}) is not the pretrained network the run in {} was started from: {} (fingerprint {}); resume with that one or start a new run in another directory",
+                name(new_path.as_ref()),
+                trainer.out.display(),
+                name(recorded.get("path")),
+                recorded
+                    .get("fingerprint")
+                    .and_then(Value::as_str)
+                    .unwrap_or("none"),
+            )));
+        }
+    }
+    let mut record = serde_json::Map::new();
+    if let Some(p) = new_path {
+        record.insert("path".into(), p);
+    }
+    record.insert("fingerprint".into(), Value::String(fingerprint));
+    trainer
+        .extra_metadata
+        .insert(TEACHER_KEY.into(), Value::Object(record));
+    Ok(())
+}
+
+/// A fingerprint of a network's tensors (names, shapes and values): FNV-1a, 64 bits, in hex.
+/// The same weights saved to another file or path give the same fingerprint.
+pub fn fingerprint(net: &MobileNet) -> String {
+    let mut net = net.clone();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for (name, tensor) in state_dict(&mut net) {
+        eat(name.as_bytes());
+        for &d in tensor.shape() {
+            eat(&(d as u64).to_le_bytes());
+        }
+        for v in tensor.data() {
+            eat(&v.to_le_bytes());
+        }
+    }
+    format!("fnv1a64:{hash:016x}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::CrossEntropy;
     use depthshrink_nn::activation::Act;
     use depthshrink_nn::arch::ArchConfig;
     use depthshrink_nn::mobilenet::Block;
@@ -149,7 +222,7 @@ mod tests {
         keep[0] = false;
         keep[3] = false;
         let s = student(&teacher, &keep).unwrap();
-        assert_eq!(s.variant().keep, keep);
+        assert_eq!(*s.variant().keep, keep[..]);
         assert_eq!(s.stem_act, Act::Identity);
         let Block::Ir(b) = &s.blocks[2] else { panic!() };
         assert!(b.linearised);

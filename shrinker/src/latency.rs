@@ -5,6 +5,7 @@
 //! latency term weighs. Whether a merge pays is a measurement: on a CPU a merged 5×5 block can
 //! be slower than the original.
 
+use std::path::Path;
 use std::time::Instant;
 
 use depthshrink_autograd::Var;
@@ -14,6 +15,7 @@ use depthshrink_nn::mobilenet::{Block, MobileNet, run_eval};
 use depthshrink_tensor::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
+use crate::error::StageError;
 use crate::merge::{merge_block, merge_network};
 
 /// One block's measured latency.
@@ -53,6 +55,30 @@ pub struct LatencyTable {
 }
 
 impl LatencyTable {
+    /// Reads a table written by `depthshrink latency --out` (or a demo's `latency.json`) and,
+    /// when `arch` is given, checks it was measured for that network (at `res`, when given).
+    /// The error names the file.
+    pub fn read(
+        path: &Path,
+        arch: Option<&ArchConfig>,
+        res: Option<usize>,
+    ) -> std::result::Result<LatencyTable, StageError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| StageError::Latency(format!("{}: {e}", path.display())))?;
+        let table: LatencyTable = serde_json::from_str(&text).map_err(|e| {
+            StageError::Latency(format!(
+                "{}: not a latency table (write one with `depthshrink latency --out`): {e}",
+                path.display()
+            ))
+        })?;
+        if let Some(arch) = arch {
+            table
+                .check(arch, res)
+                .map_err(|e| StageError::Latency(format!("{}: {e}", path.display())))?;
+        }
+        Ok(table)
+    }
+
     /// Checks that this table was measured for `arch` (and, when given, at input size `res`):
     /// a table of another network would weigh the wrong blocks. The error names the mismatch.
     pub fn check(&self, arch: &ArchConfig, res: Option<usize>) -> std::result::Result<(), String> {

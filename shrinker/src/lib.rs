@@ -2,8 +2,12 @@
 //! stage 1 (gate search), stage 2 (finetuning with self-distillation), on-machine latency
 //! tables, and stage 3, the verified merge compiler.
 
+pub mod config;
+mod error;
 pub mod finetune;
 pub mod latency;
 pub mod merge;
 pub mod search;
 pub mod train;
+
+pub use error::{StageError, write_json};

@@ -10,6 +10,7 @@ use depthshrink_nn::Ctx;
 use depthshrink_nn::mobilenet::{Block, InvertedResidual, MergedBlock, MobileNet, merged_conv};
 use depthshrink_tensor::{Result, Tensor, TensorError, gemm};
 
+use crate::error::StageError;
 use crate::latency::LatencyTable;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -165,7 +166,7 @@ pub const MERGE_TOLERANCE: f32 = 1e-4;
 
 /// Largest differences between two networks' evaluation logits.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
-pub struct MergeError {
+pub struct Deviation {
     pub max_abs: f32,
     /// max |a − b| / max |b| over all inputs.
     pub max_rel: f32,
@@ -178,11 +179,11 @@ pub fn verify(
     merged: &MobileNet,
     sizes: &[(usize, usize)],
     seed: u64,
-) -> Result<MergeError> {
+) -> Result<Deviation> {
     let (mut a, mut b) = (unmerged.clone(), merged.clone());
     let ctx = Ctx::eval();
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut err = MergeError {
+    let mut err = Deviation {
         max_abs: 0.0,
         max_rel: 0.0,
     };
@@ -208,6 +209,45 @@ pub fn verify(
         err.max_rel = err.max_rel.max(diff / scale);
     }
     Ok(err)
+}
+
+/// A merged network and how it was checked.
+pub struct Merged {
+    pub network: MobileNet,
+    /// Per block: merged.
+    pub plan: Vec<bool>,
+    /// Largest difference from the unmerged network on random inputs.
+    pub deviation: Deviation,
+}
+
+impl Merged {
+    /// How many blocks were merged.
+    pub fn count(&self) -> usize {
+        self.plan.iter().filter(|&&m| m).count()
+    }
+}
+
+/// Stage 3: merges the blocks `plan` marks (see [`blocks_to_merge`]) and verifies the result
+/// against `net` on random inputs at `res`×`res` and at an odd smaller size (borders and odd
+/// strides). A deviation over [`MERGE_TOLERANCE`] is an error: a merge that changes the
+/// function is never returned.
+pub fn merge_and_verify(
+    net: &MobileNet,
+    plan: Vec<bool>,
+    res: usize,
+) -> std::result::Result<Merged, StageError> {
+    let network = merge_network(net, &plan)?;
+    let deviation = verify(net, &network, &[(res, res), (res / 2 + 3, res / 2 + 1)], 0)?;
+    if deviation.max_rel > MERGE_TOLERANCE {
+        return Err(StageError::MergeMismatch {
+            max_rel: deviation.max_rel,
+        });
+    }
+    Ok(Merged {
+        network,
+        plan,
+        deviation,
+    })
 }
 
 #[cfg(test)]
@@ -303,7 +343,7 @@ mod tests {
             let merge: Vec<bool> = keep[1..keep.len() - 1].iter().map(|k| !k).collect();
             let merged = merge_network(&net, &merge).unwrap();
             assert_eq!(merged.variant().merged, merge);
-            assert_eq!(merged.variant().keep, keep);
+            assert_eq!(*merged.variant().keep, keep[..]);
             let err = verify(&net, &merged, &[(32, 32), (13, 17)], 0).unwrap();
             // Per block the merge is exact to 1e-5; over a whole network f32 rounding adds up.
             assert!(err.max_rel < 1e-4, "{err:?}");

@@ -8,10 +8,13 @@
 //! default, the sign that pushes the blocks whose merge saves the most towards removal (the
 //! official code's sign does the opposite; it is kept as an option for comparison).
 
+use std::path::Path;
+
 use depthshrink_autograd::{Gradients, Var, ops};
 use depthshrink_data::Batch;
 use depthshrink_nn::Ctx;
 use depthshrink_nn::activation::{Act, SearchGates, keep_smallest};
+use depthshrink_nn::keep::KeepList;
 use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_tensor::{Tensor, TensorError};
 use rand::SeedableRng;
@@ -20,111 +23,16 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+use crate::config::{LatencySign, SearchConfig, keep_count};
+use crate::error::{StageError, write_json};
 use crate::latency::LatencyTable;
-use crate::train::Objective;
-
-/// The `[search]` table of a config.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchConfig {
-    /// Fraction r of the activation indices kept: k = floor(r·N) (official: 0.4, 7 of 19).
-    #[serde(default = "default_keep_ratio")]
-    pub keep_ratio: f64,
-    /// λ of the latency term. ΔL is taken relative to the unmerged network's latency, so λ does
-    /// not depend on the batch size or the speed of the machine. 0 = no latency term.
-    #[serde(default = "default_latency_weight")]
-    pub latency_weight: f64,
-    #[serde(default)]
-    pub latency_sign: LatencySign,
-    /// Activation indices the search may remove (absent = all); the others are always kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub searchable: Option<Vec<usize>>,
-    /// Log the gate scores to `metrics.jsonl` every this many steps.
-    #[serde(default = "default_log_every")]
-    pub log_every: usize,
-}
-
-fn default_keep_ratio() -> f64 {
-    0.4
-}
-fn default_latency_weight() -> f64 {
-    1.0
-}
-fn default_log_every() -> usize {
-    20
-}
-
-impl Default for SearchConfig {
-    fn default() -> Self {
-        SearchConfig {
-            keep_ratio: default_keep_ratio(),
-            latency_weight: default_latency_weight(),
-            latency_sign: LatencySign::default(),
-            searchable: None,
-            log_every: default_log_every(),
-        }
-    }
-}
-
-/// Which way the latency term pushes the scores.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LatencySign {
-    /// −λ·Σ ΔLᵢ·sᵢ: the term falls as a high-saving block's score grows towards removal.
-    #[default]
-    FavourRemoval,
-    /// +λ·Σ ΔLᵢ·sᵢ, as the official code writes it: high-saving blocks are pushed to be kept.
-    Official,
-}
-
-impl SearchConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if !(self.keep_ratio > 0.0 && self.keep_ratio <= 1.0) {
-            return Err(format!(
-                "search.keep_ratio must be in (0, 1], got {}",
-                self.keep_ratio
-            ));
-        }
-        if !(self.latency_weight.is_finite() && self.latency_weight >= 0.0) {
-            return Err(format!(
-                "search.latency_weight must be a finite number ≥ 0, got {}",
-                self.latency_weight
-            ));
-        }
-        if self.log_every == 0 {
-            return Err("search.log_every must be at least 1".into());
-        }
-        Ok(())
-    }
-
-    /// Per index: may the search remove it? Errors on an index outside 0..n.
-    pub fn searchable(&self, n: usize) -> Result<Vec<bool>, String> {
-        match &self.searchable {
-            None => Ok(vec![true; n]),
-            Some(list) => {
-                let mut s = vec![false; n];
-                for &i in list {
-                    *s.get_mut(i).ok_or_else(|| {
-                        format!("search.searchable: index {i} is out of range (0..{n})")
-                    })? = true;
-                }
-                Ok(s)
-            }
-        }
-    }
-}
-
-/// k = floor(r·N), the number of indices a keep ratio keeps.
-pub fn keep_count(ratio: f64, n: usize) -> usize {
-    // The epsilon keeps e.g. 0.4·20 = 8 from flooring to 7.
-    ((ratio * n as f64) + 1e-9).floor() as usize
-}
+use crate::train::{Objective, Observer, TrainConfig, Trainer};
 
 /// Turns `net` into the search network: gated sites everywhere and fresh scores (kept when the
 /// network already carries some, e.g. resumed from a search checkpoint).
-pub fn install_gates(net: &mut MobileNet, config: &SearchConfig) -> Result<(), String> {
+pub fn install_gates(net: &mut MobileNet, config: &SearchConfig) -> Result<(), StageError> {
     let n = net.num_acts();
-    let searchable = config.searchable(n)?;
+    let searchable = config.searchable(n).map_err(StageError::Config)?;
     let keep = keep_count(config.keep_ratio, n);
     let mut gates = SearchGates::new(keep, searchable);
     if let Some(old) = net.search.take() {
@@ -132,7 +40,7 @@ pub fn install_gates(net: &mut MobileNet, config: &SearchConfig) -> Result<(), S
     }
     net.search = Some(gates);
     let acts: Vec<Act> = (0..n).map(|index| Act::Gated { index }).collect();
-    net.set_acts(&acts).map_err(|e| e.to_string())
+    Ok(net.set_acts(&acts)?)
 }
 
 /// The search's objective: cross-entropy through the gated network, plus the latency term's
@@ -211,23 +119,20 @@ impl Objective for GateSearch {
         step.is_multiple_of(self.log_every).then(|| {
             json!({
                 "gates": search.scores.value.data(),
-                "keep": bits(&search.decision()),
+                "keep": KeepList::new(search.decision()),
             })
         })
     }
 }
 
-/// A keep list as 0/1, the form the CLI and config files use.
-pub fn bits(keep: &[bool]) -> Vec<u8> {
-    keep.iter().map(|&k| u8::from(k)).collect()
-}
-
-/// One keep list of a search's output.
+/// The keep list of one count in a search's output.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct KeepList {
+pub struct KeepChoice {
+    /// How many activations `keep` keeps.
     pub kept: usize,
+    /// `kept` over the number of activation indices.
     pub ratio: f64,
-    pub keep: Vec<u8>,
+    pub keep: KeepList,
     /// ΔL summed over the removed blocks, from the latency table (ms), when one was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saving_ms: Option<f64>,
@@ -240,16 +145,16 @@ pub struct SearchOutput {
     pub method: String,
     pub keep_ratio: f64,
     /// The keep list at `keep_ratio` (what `finetune --keep FILE` reads).
-    pub keep: Vec<u8>,
+    pub keep: KeepList,
     /// Final scores (absent for the random baseline).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gates: Option<Vec<f32>>,
     /// Keep lists for every count from the always-kept indices to all of them.
-    pub keep_lists: Vec<KeepList>,
+    pub keep_lists: Vec<KeepChoice>,
 }
 
-fn keep_list(keep: Vec<bool>, latency: Option<&LatencyTable>) -> KeepList {
-    let kept = keep.iter().filter(|&&k| k).count();
+fn keep_choice(keep: KeepList, latency: Option<&LatencyTable>) -> KeepChoice {
+    let kept = keep.kept();
     let saving_ms = latency.map(|t| {
         t.savings()
             .iter()
@@ -258,10 +163,10 @@ fn keep_list(keep: Vec<bool>, latency: Option<&LatencyTable>) -> KeepList {
             .map(|(s, _)| s)
             .sum()
     });
-    KeepList {
+    KeepChoice {
         kept,
         ratio: kept as f64 / keep.len() as f64,
-        keep: bits(&keep),
+        keep,
         saving_ms,
     }
 }
@@ -277,16 +182,12 @@ impl SearchOutput {
         let n = scores.len();
         let fixed = searchable.iter().filter(|&&s| !s).count();
         let keep_lists = (fixed..=n)
-            .map(|k| keep_list(keep_smallest(scores, k, searchable), latency))
+            .map(|k| keep_choice(keep_smallest(scores, k, searchable).into(), latency))
             .collect();
         SearchOutput {
             method: "gates".into(),
             keep_ratio,
-            keep: bits(&keep_smallest(
-                scores,
-                keep_count(keep_ratio, n),
-                searchable,
-            )),
+            keep: keep_smallest(scores, keep_count(keep_ratio, n), searchable).into(),
             gates: Some(scores.to_vec()),
             keep_lists,
         }
@@ -317,6 +218,88 @@ impl SearchOutput {
     }
 }
 
+/// The search's output file, in its run directory.
+pub const SEARCH_JSON: &str = "search.json";
+
+/// Stage 1: learns which activations of `pretrained` to remove, training the gated network per
+/// `config` (its `[search]` table; the defaults without one) in `out`, with the latency term
+/// when `latency` is given. `resume` continues the search in `out`. Writes `search.json` there
+/// and returns it.
+pub fn search(
+    mut config: TrainConfig,
+    mut pretrained: MobileNet,
+    latency: Option<&LatencyTable>,
+    out: &Path,
+    resume: bool,
+    observer: &mut dyn Observer,
+) -> Result<SearchOutput, StageError> {
+    let search = config
+        .search
+        .get_or_insert_with(SearchConfig::default)
+        .clone();
+    let n = pretrained.num_acts();
+    let searchable = search.searchable(n).map_err(StageError::Config)?;
+    if let Some(table) = latency {
+        table
+            .check(&pretrained.arch, None)
+            .map_err(StageError::Latency)?;
+    }
+    install_gates(&mut pretrained, &search)?;
+    let smoothing = config.label_smoothing as f32;
+    let mut trainer = Trainer::with_model(config, out, resume, Some(pretrained))?;
+    if let Some(table) = latency {
+        let res = trainer.data.input_res()?;
+        table
+            .check(&trainer.model.arch, Some(res))
+            .map_err(StageError::Latency)?;
+    }
+    // Also on resume: the checkpoint holds the scores, the config the rest.
+    install_gates(&mut trainer.model, &search)?;
+    let mut objective = GateSearch::new(&search, latency, n, smoothing);
+    trainer.run_stage("searching", observer, &mut objective)?;
+    let gates = trainer.model.search.as_ref().expect("installed above");
+    let output = SearchOutput::from_scores(
+        gates.scores.value.data(),
+        &searchable,
+        search.keep_ratio,
+        latency,
+    );
+    write_output(out, &output)?;
+    Ok(output)
+}
+
+/// The random-removal baseline for the network `config` describes: the keep ratio of its
+/// `[search]` table, the indices drawn with its `seed` among the searchable ones; no training.
+/// Writes `search.json` in `out` and returns it.
+pub fn random_search(
+    config: &TrainConfig,
+    latency: Option<&LatencyTable>,
+    out: &Path,
+) -> Result<SearchOutput, StageError> {
+    let search = config.search.clone().unwrap_or_default();
+    // The classifier's width does not change the activation count.
+    let arch = config
+        .model
+        .arch(latency.map_or(10, |t| t.arch.num_classes));
+    if let Some(table) = latency {
+        table.check(&arch, None).map_err(StageError::Latency)?;
+    }
+    let searchable = search
+        .searchable(arch.spec().num_acts())
+        .map_err(StageError::Config)?;
+    let output = SearchOutput::random(&searchable, search.keep_ratio, config.seed, latency);
+    write_output(out, &output)?;
+    Ok(output)
+}
+
+fn write_output(out: &Path, output: &SearchOutput) -> Result<(), StageError> {
+    std::fs::create_dir_all(out).map_err(|source| StageError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    write_json(&out.join(SEARCH_JSON), output)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -335,8 +318,8 @@ mod tests {
         let mut searchable = vec![true; 19];
         searchable[18] = false;
         let out = SearchOutput::random(&searchable, 0.4, 3, None);
-        assert_eq!(out.keep.iter().filter(|&&k| k == 1).count(), 7);
-        assert_eq!(out.keep[18], 1);
+        assert_eq!(out.keep.kept(), 7);
+        assert!(out.keep[18]);
         assert_eq!(out.keep_lists.len(), 19);
         assert_eq!(out.keep_lists[0].kept, 1);
         // Another seed, another set; the same seed, the same set.
