@@ -3,15 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use depthshrinker::autograd::{Tape, Var, ops};
-use depthshrinker::nn::arch::ArchConfig;
-use depthshrinker::nn::checkpoint::{self, Checkpoint, LoadOptions};
-use depthshrinker::nn::mobilenet::MobileNet;
-use depthshrinker::nn::optim::{Optimizer, Sgd, SgdConfig};
-use depthshrinker::nn::{Ctx, Module, loss, module};
-use depthshrinker::tensor::batchnorm::BnOptions;
-use depthshrinker::tensor::conv::{self, ConvParams};
-use depthshrinker::tensor::{Tensor, elementwise, gemm, pool, softmax};
+use depthshrink::autograd::{Tape, Var, ops};
+use depthshrink::nn::arch::ArchConfig;
+use depthshrink::nn::checkpoint::{self, Checkpoint, LoadOptions};
+use depthshrink::nn::network::Network;
+use depthshrink::nn::optim::{Optimizer, Sgd, SgdConfig};
+use depthshrink::nn::{Ctx, Module, loss, module};
+use depthshrink::tensor::batchnorm::BnOptions;
+use depthshrink::tensor::conv::{self, ConvParams};
+use depthshrink::tensor::{Tensor, elementwise, gemm, pool, softmax};
 
 fn fixture(name: &str) -> Checkpoint {
     let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -193,8 +193,8 @@ fn losses_match_pytorch() {
 }
 
 /// A torchvision-layout MobileNetV2 with the fixture's weights (names under `prefix`).
-fn mobilenet_from(f: &Checkpoint, prefix: &str, width: f32) -> MobileNet {
-    let mut net = MobileNet::new(&ArchConfig::mobilenet_v2(width, 10, false), 0);
+fn mobilenet_from(f: &Checkpoint, prefix: &str, width: f32) -> Network {
+    let mut net = Network::new(&ArchConfig::mobilenet_v2(width, 10, false), 0);
     let tensors: BTreeMap<String, Tensor> = f
         .tensors
         .iter()
@@ -240,7 +240,7 @@ fn one_sgd_training_step_matches_pytorch() {
     module::collect_grads(&mut net, &mut grads);
 
     net.visit("", &mut |name, entry| {
-        if let depthshrinker::nn::Entry::Param(p) = entry {
+        if let depthshrink::nn::Entry::Param(p) = entry {
             let want = get(&f, &format!("grad.{name}"));
             let got = p
                 .grad
@@ -269,8 +269,8 @@ fn one_sgd_training_step_matches_pytorch() {
     Sgd::new(cfg).unwrap().step(&mut net, 0.1).unwrap();
     net.visit("", &mut |name, entry| {
         let value = match entry {
-            depthshrinker::nn::Entry::Param(p) => p.value.clone(),
-            depthshrinker::nn::Entry::Buffer(b) => b.clone(),
+            depthshrink::nn::Entry::Param(p) => p.value.clone(),
+            depthshrink::nn::Entry::Buffer(b) => b.clone(),
         };
         assert_close(
             &value,

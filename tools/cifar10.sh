@@ -42,7 +42,7 @@ if wants train; then
     ds train --config "$CONFIG" --data "$DATA" --out "$BASE" $(resume_flag "$BASE")
     # The shipped network is the last epoch (cosine to 0), not the best test epoch: choosing
     # an epoch by its test accuracy would report an optimistic figure.
-    python3 tools/strip_optimizer.py "$BASE/last.safetensors" "$RUNS/baseline.safetensors"
+    ds strip "$BASE/last.safetensors" --out "$RUNS/baseline.safetensors"
 fi
 PRETRAINED=${PRETRAINED:-$RUNS/baseline.safetensors}
 

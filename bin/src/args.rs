@@ -6,7 +6,7 @@ use clap::{Args, ValueEnum};
 use depthshrink_nn::arch::{ArchConfig, Family};
 use depthshrink_nn::checkpoint;
 use depthshrink_nn::keep::KeepList;
-use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_nn::network::Network;
 use depthshrink_shrinker::StageError;
 
 /// Network families the CLI can build.
@@ -100,11 +100,7 @@ impl ArchArgs {
 /// from `arch`). `keep` removes activations from a network that still has them all; a file
 /// that already removed some (a finetuned or merged network) carries its own list, and a
 /// `keep` that differs from it is an error naming both (it would silently run another function).
-pub fn load_model(
-    weights: &Path,
-    arch: &ArchArgs,
-    keep: Option<&str>,
-) -> Result<MobileNet, String> {
+pub fn load_model(weights: &Path, arch: &ArchArgs, keep: Option<&str>) -> Result<Network, String> {
     let ckpt = checkpoint::load(weights).map_err(|e| e.to_string())?;
     if let Some(stored) = ckpt.metadata.get("arch")
         && let Ok(stored) = serde_json::from_value::<ArchConfig>(stored.clone())
@@ -112,7 +108,7 @@ pub fn load_model(
         arch.check_stored(&stored, weights)?;
     }
     let mut net =
-        MobileNet::from_checkpoint(&ckpt, Some(&arch.arch()?)).map_err(|e| e.to_string())?;
+        Network::from_checkpoint(&ckpt, Some(&arch.arch()?)).map_err(|e| e.to_string())?;
     if let Some(keep) = keep {
         let keep = parse_keep(keep)?;
         let stored = net.variant().keep;

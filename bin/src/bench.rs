@@ -11,8 +11,8 @@ use crate::args::{ArchArgs, load_model, parse_keep};
 use clap::{Args, Subcommand};
 use depthshrink_autograd::{Var, ops};
 use depthshrink_nn::Ctx;
-use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module;
+use depthshrink_nn::network::Network;
 use depthshrink_nn::optim::{Optimizer, Sgd, SgdConfig};
 use depthshrink_shrinker::latency::compare_with_original;
 use depthshrink_shrinker::merge::{blocks_to_merge, merge_network};
@@ -100,14 +100,14 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
     match cmd {
         BenchCommand::Kernels(args) => kernels(&args),
         BenchCommand::Train(args) => {
-            let net = MobileNet::new(&args.model.arch.arch()?, 0);
+            let net = Network::new(&args.model.arch.arch()?, 0);
             model_bench(net, &args.model, args.res, true)
         }
         BenchCommand::Infer(args) => {
             let net = match &args.weights {
                 Some(w) => load_model(w, &args.model.arch, args.keep.as_deref())?,
                 None => {
-                    let mut net = MobileNet::new(&args.model.arch.arch()?, 0);
+                    let mut net = Network::new(&args.model.arch.arch()?, 0);
                     if let Some(keep) = &args.keep {
                         net.apply_keep(&parse_keep(keep)?)
                             .map_err(|e| format!("--keep: {e}"))?;
@@ -402,7 +402,7 @@ struct ModelRecord {
 }
 
 fn model_bench(
-    mut net: MobileNet,
+    mut net: Network,
     args: &ModelArgs,
     res: Option<usize>,
     train: bool,
@@ -480,7 +480,7 @@ fn model_bench(
 }
 
 /// `bench infer --compare`: original vs unmerged (pad-first) vs merged, interleaved.
-fn compare_merged(net: &MobileNet, args: &InferArgs) -> Result<(), String> {
+fn compare_merged(net: &Network, args: &InferArgs) -> Result<(), String> {
     let m = &args.model;
     if m.batch == 0 {
         return Err("--batch must be at least 1".into());

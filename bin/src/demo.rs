@@ -11,8 +11,8 @@ use std::time::Instant;
 use clap::Args;
 use depthshrink_nn::checkpoint;
 use depthshrink_nn::keep::KeepList;
-use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::state_dict;
+use depthshrink_nn::network::Network;
 use depthshrink_shrinker::config::DistillConfig;
 use depthshrink_shrinker::finetune::finetune;
 use depthshrink_shrinker::latency::{LatencyTable, Throughput, compare_with_original, measure};
@@ -105,7 +105,7 @@ fn resumable(dir: &Path) -> bool {
     dir.join(LAST).exists()
 }
 
-fn pretrain_stage(config: &TrainConfig, out: &Path) -> Result<MobileNet, String> {
+fn pretrain_stage(config: &TrainConfig, out: &Path) -> Result<Network, String> {
     train(config.clone(), out, resumable(out), &mut Progress::new()).map_err(|e| e.to_string())
 }
 
@@ -318,7 +318,7 @@ fn write_figure(
 
 /// Measures the per-block latency table of `net`'s architecture and writes `latency.json`.
 fn latency_table(
-    net: &MobileNet,
+    net: &Network,
     res: usize,
     batch: usize,
     out: &Path,

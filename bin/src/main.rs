@@ -13,6 +13,7 @@ mod latency;
 mod merge;
 mod plot;
 mod search;
+mod strip;
 mod train;
 
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ enum Command {
     Latency(latency::LatencyArgs),
     /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
     Flops(flops::FlopsArgs),
+    /// Copy a checkpoint without its optimiser state (half the size; what models/ ships).
+    Strip(strip::StripArgs),
     /// Draw training curves, search gate scores and latency tables as one SVG figure.
     Plot(plot::PlotArgs),
     /// Inspect a dataset directory (or the built-in synthetic set).
@@ -113,6 +116,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Finetune(args) => finetune::run(&args, cli.threads),
         Command::Eval(args) => eval::run(&args),
         Command::Plot(args) => plot::run(&args),
+        Command::Strip(args) => strip::run(&args),
     }
 }
 

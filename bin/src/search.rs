@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use depthshrink_nn::checkpoint;
-use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_nn::network::Network;
 use depthshrink_shrinker::latency::LatencyTable;
 use depthshrink_shrinker::search::{self, SEARCH_JSON, SearchOutput};
 
@@ -83,9 +83,9 @@ pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> 
 }
 
 /// Loads a pretrained network from a depthshrink checkpoint.
-pub fn load_pretrained(path: &Path) -> Result<MobileNet, String> {
+pub fn load_pretrained(path: &Path) -> Result<Network, String> {
     let ckpt = checkpoint::load(path).map_err(|e| e.to_string())?;
-    MobileNet::from_checkpoint(&ckpt, None).map_err(|e| e.to_string())
+    Network::from_checkpoint(&ckpt, None).map_err(|e| e.to_string())
 }
 
 pub fn print_output(output: &SearchOutput) {

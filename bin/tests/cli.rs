@@ -147,9 +147,9 @@ fn bad_inputs_fail_with_a_message_naming_the_problem() {
 /// A small CIFAR MobileNetV2 with non-trivial BN statistics, saved with its metadata.
 fn random_network(path: &Path) {
     use depthshrink_nn::arch::ArchConfig;
-    use depthshrink_nn::mobilenet::MobileNet;
+    use depthshrink_nn::network::Network;
     use depthshrink_nn::{Entry, Module};
-    let mut net = MobileNet::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 5);
+    let mut net = Network::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 5);
     let mut i = 0u32;
     net.visit("", &mut |name, entry| {
         i += 1;

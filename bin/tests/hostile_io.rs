@@ -10,8 +10,8 @@ use std::process::{Command, Output};
 use common::scratch;
 use depthshrink_nn::arch::ArchConfig;
 use depthshrink_nn::checkpoint;
-use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::state_dict;
+use depthshrink_nn::network::Network;
 use depthshrink_tensor::Tensor;
 use serde_json::Value;
 
@@ -47,7 +47,7 @@ fn arch() -> ArchConfig {
 /// Saves the test network, with its architecture in the metadata unless `bare` (like a
 /// torchvision export), after `damage` has had its way with the tensors.
 fn network(path: &Path, bare: bool, damage: impl FnOnce(&mut Vec<(String, Tensor)>)) {
-    let mut net = MobileNet::new(&arch(), 5);
+    let mut net = Network::new(&arch(), 5);
     let mut state = state_dict(&mut net);
     damage(&mut state);
     let meta = if bare { Value::Null } else { net.metadata() };

@@ -230,6 +230,29 @@ fn a_killed_and_resumed_run_ends_bit_identical_to_an_uninterrupted_one() {
         .map(|(i, r)| r.split(',').nth(i + 1).unwrap().parse::<u64>().unwrap())
         .sum();
     assert!((hits as f64 / 64.0 - best_acc).abs() < 1e-9);
+
+    // `strip` keeps the network and its metadata, drops the optimiser state.
+    let stripped = dir.join("stripped.safetensors");
+    let out = run(&[
+        "strip",
+        s(&full.join("last.safetensors")),
+        "--out",
+        s(&stripped),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let c = checkpoint::load(&stripped).unwrap();
+    assert!(!c.tensors.keys().any(|k| k.starts_with("optim.")));
+    assert_eq!(c.metadata, a.metadata);
+    for (name, t) in &c.tensors {
+        assert_eq!(t.data(), a.tensors[name].data(), "{name}");
+    }
+    assert_eq!(
+        c.tensors.len(),
+        a.tensors
+            .keys()
+            .filter(|k| !k.starts_with("optim."))
+            .count()
+    );
 }
 
 #[test]

@@ -73,7 +73,7 @@ impl KeepList {
     }
 
     /// Checks the list addresses exactly `num_acts` activations (a network's
-    /// [`num_acts`](crate::mobilenet::MobileNet::num_acts)).
+    /// [`num_acts`](crate::network::Network::num_acts)).
     pub fn check_len(&self, num_acts: usize) -> Result<(), KeepError> {
         if self.0.len() == num_acts {
             Ok(())

@@ -223,7 +223,7 @@ impl Module for Linear {
     }
 }
 
-/// A bias-free conv followed by batch norm, the unit every MobileNet layer is built from.
+/// A bias-free conv followed by batch norm, the unit every Network layer is built from.
 /// `names` are the two children's local names (torchvision uses "0"/"1" or e.g. "2"/"3").
 #[derive(Clone)]
 pub struct ConvBn {

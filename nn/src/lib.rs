@@ -6,8 +6,8 @@ pub mod checkpoint;
 pub mod keep;
 pub mod layers;
 pub mod loss;
-pub mod mobilenet;
 pub mod module;
+pub mod network;
 pub mod optim;
 pub mod schedule;
 

@@ -8,8 +8,8 @@ use depthshrink_data::Batch;
 use depthshrink_nn::Ctx;
 use depthshrink_nn::keep::KeepList;
 use depthshrink_nn::loss::distillation;
-use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::state_dict;
+use depthshrink_nn::network::Network;
 use depthshrink_tensor::Tensor;
 use serde_json::Value;
 
@@ -19,7 +19,7 @@ use crate::train::{CrossEntropy, Objective, Observer, TrainConfig, Trainer};
 
 /// The student for finetuning: the pretrained network with the activations `keep` drops
 /// removed (identity sites; pad-first plus one output ReLU6 for removed IR blocks).
-pub fn student(pretrained: &MobileNet, keep: &[bool]) -> depthshrink_tensor::Result<MobileNet> {
+pub fn student(pretrained: &Network, keep: &[bool]) -> depthshrink_tensor::Result<Network> {
     let mut net = pretrained.clone();
     net.search = None;
     net.apply_keep(keep)?;
@@ -29,7 +29,7 @@ pub fn student(pretrained: &MobileNet, keep: &[bool]) -> depthshrink_tensor::Res
 /// Distillation: α·T²·softCE(student/T, teacher/T) + (1 − α)·CE(student, labels), the teacher
 /// in evaluation mode (BN folded, running statistics).
 pub struct Distill {
-    teacher: MobileNet,
+    teacher: Network,
     alpha: f32,
     temperature: f32,
     smoothing: f32,
@@ -37,7 +37,7 @@ pub struct Distill {
 
 impl Distill {
     pub fn new(
-        teacher: &MobileNet,
+        teacher: &Network,
         config: &DistillConfig,
         smoothing: f32,
     ) -> depthshrink_tensor::Result<Distill> {
@@ -53,7 +53,7 @@ impl Distill {
 impl Objective for Distill {
     fn loss(
         &mut self,
-        model: &mut MobileNet,
+        model: &mut Network,
         ctx: &mut Ctx,
         batch: &Batch,
     ) -> depthshrink_tensor::Result<(Var, Tensor)> {
@@ -79,13 +79,13 @@ impl Objective for Distill {
 /// network (also in `out`'s `last.safetensors`).
 pub fn finetune(
     config: TrainConfig,
-    pretrained: &MobileNet,
+    pretrained: &Network,
     pretrained_file: Option<&Path>,
     keep: &KeepList,
     out: &Path,
     resume: bool,
     observer: &mut dyn Observer,
-) -> Result<MobileNet, StageError> {
+) -> Result<Network, StageError> {
     let net = student(pretrained, keep).map_err(|e| StageError::Keep(e.to_string()))?;
     let smoothing = config.label_smoothing as f32;
     let mut objective: Box<dyn Objective> = match &config.distill {
@@ -124,7 +124,7 @@ const TEACHER_KEY: &str = "pretrained";
 /// resumed as they are, without one.
 fn record_teacher(
     trainer: &mut Trainer,
-    pretrained: &MobileNet,
+    pretrained: &Network,
     path: Option<&Path>,
 ) -> Result<(), StageError> {
     let fingerprint = fingerprint(pretrained);
@@ -166,7 +166,7 @@ fn record_teacher(
 
 /// A fingerprint of a network's tensors (names, shapes and values): FNV-1a, 64 bits, in hex.
 /// The same weights saved to another file or path give the same fingerprint.
-pub fn fingerprint(net: &MobileNet) -> String {
+pub fn fingerprint(net: &Network) -> String {
     let mut net = net.clone();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     let mut eat = |bytes: &[u8]| {
@@ -191,7 +191,7 @@ mod tests {
     use super::*;
     use depthshrink_nn::activation::Act;
     use depthshrink_nn::arch::ArchConfig;
-    use depthshrink_nn::mobilenet::Block;
+    use depthshrink_nn::network::Block;
 
     fn batch() -> Batch {
         let n = 2 * 3 * 16 * 16;
@@ -210,14 +210,14 @@ mod tests {
         }
     }
 
-    fn loss(obj: &mut dyn Objective, net: &mut MobileNet) -> f32 {
+    fn loss(obj: &mut dyn Objective, net: &mut Network) -> f32 {
         let (loss, _) = obj.loss(net, &mut Ctx::train(0), &batch()).unwrap();
         loss.value().item().unwrap()
     }
 
     #[test]
     fn student_removes_what_the_keep_list_drops() {
-        let teacher = MobileNet::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 1);
+        let teacher = Network::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 1);
         let mut keep = vec![true; teacher.num_acts()];
         keep[0] = false;
         keep[3] = false;
@@ -233,14 +233,14 @@ mod tests {
     /// normalisations (16 of 36 values are interior on a 4×4 map).
     #[test]
     fn linearised_blocks_keep_their_training_statistics() {
-        let teacher = MobileNet::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 1);
+        let teacher = Network::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 1);
         let mut keep = vec![true; teacher.num_acts()];
         keep[3] = false;
         let (mut a, mut b) = (teacher.clone(), student(&teacher, &keep).unwrap());
         let x = Var::constant(batch().images);
         a.forward(&x, &Ctx::train(0)).unwrap();
         b.forward(&x, &Ctx::train(0)).unwrap();
-        let expand_bn = |net: &MobileNet| match &net.blocks[2] {
+        let expand_bn = |net: &Network| match &net.blocks[2] {
             Block::Ir(block) => block.expand.as_ref().unwrap().bn.clone(),
             Block::Merged(_) => panic!("block 2 is not merged"),
         };
@@ -260,8 +260,8 @@ mod tests {
     #[test]
     fn distillation_blends_the_teacher_in() {
         let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
-        let teacher = MobileNet::new(&arch, 1);
-        let mut student_net = MobileNet::new(&arch, 2);
+        let teacher = Network::new(&arch, 1);
+        let mut student_net = Network::new(&arch, 2);
         let config = |alpha| DistillConfig {
             alpha,
             temperature: 2.0,

@@ -11,7 +11,7 @@ use std::time::Instant;
 use depthshrink_autograd::Var;
 use depthshrink_nn::Ctx;
 use depthshrink_nn::arch::ArchConfig;
-use depthshrink_nn::mobilenet::{Block, MobileNet, run_eval};
+use depthshrink_nn::network::{Block, Network, run_eval};
 use depthshrink_tensor::{Result, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -155,7 +155,7 @@ pub fn interleaved_medians(
 /// Median forward time (ms) of each network in evaluation mode (BN folded) on one batch of
 /// `batch` × 3 × `res`², the runs interleaved.
 pub fn compare_networks(
-    nets: &[&MobileNet],
+    nets: &[&Network],
     res: usize,
     batch: usize,
     runs: usize,
@@ -192,8 +192,8 @@ pub struct Throughput {
 /// Times `unmerged`'s original architecture, `unmerged` and `merged` interleaved (median of
 /// `runs` passes each) on a `batch` × 3 × `res`² input.
 pub fn compare_with_original(
-    unmerged: &MobileNet,
-    merged: &MobileNet,
+    unmerged: &Network,
+    merged: &Network,
     res: usize,
     batch: usize,
     runs: usize,
@@ -227,7 +227,7 @@ pub fn measure(
     runs: usize,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<LatencyTable> {
-    let net = MobileNet::new(arch, 0);
+    let net = Network::new(arch, 0);
     let mut fast = net.for_inference()?;
     let mut linear = net.clone();
     linear.apply_keep(&vec![false; net.num_acts()])?;

@@ -7,7 +7,7 @@
 
 use depthshrink_autograd::Var;
 use depthshrink_nn::Ctx;
-use depthshrink_nn::mobilenet::{Block, InvertedResidual, MergedBlock, MobileNet, merged_conv};
+use depthshrink_nn::network::{Block, InvertedResidual, MergedBlock, Network, merged_conv};
 use depthshrink_tensor::{Result, Tensor, TensorError, gemm};
 
 use crate::error::StageError;
@@ -97,7 +97,7 @@ fn affine_bias(w: &Tensor, v: &[f32], b: &Tensor) -> Result<Tensor> {
 /// given (a dense 3×3 usually costs several times dw + pw, so by default it stays unmerged).
 /// With `only_if_faster`, a block stays unmerged when the table says merging does not pay.
 pub fn blocks_to_merge(
-    net: &MobileNet,
+    net: &Network,
     merge_ds: bool,
     only_if_faster: Option<&LatencyTable>,
 ) -> Vec<bool> {
@@ -123,8 +123,8 @@ pub fn blocks_to_merge(
 }
 
 /// Merges every block with `merge[i]` set. Each must already be linearised (its activations
-/// removed, [`MobileNet::apply_keep`]); the result computes the same function in evaluation.
-pub fn merge_network(net: &MobileNet, merge: &[bool]) -> Result<MobileNet> {
+/// removed, [`Network::apply_keep`]); the result computes the same function in evaluation.
+pub fn merge_network(net: &Network, merge: &[bool]) -> Result<Network> {
     if merge.len() != net.blocks.len() {
         return Err(TensorError::argument(
             "merge",
@@ -175,8 +175,8 @@ pub struct Deviation {
 /// Runs both networks in evaluation mode on the same random inputs (each of `sizes`, batch 2)
 /// and reports the largest difference, borders included.
 pub fn verify(
-    unmerged: &MobileNet,
-    merged: &MobileNet,
+    unmerged: &Network,
+    merged: &Network,
     sizes: &[(usize, usize)],
     seed: u64,
 ) -> Result<Deviation> {
@@ -213,7 +213,7 @@ pub fn verify(
 
 /// A merged network and how it was checked.
 pub struct Merged {
-    pub network: MobileNet,
+    pub network: Network,
     /// Per block: merged.
     pub plan: Vec<bool>,
     /// Largest difference from the unmerged network on random inputs.
@@ -232,7 +232,7 @@ impl Merged {
 /// strides). A deviation over [`MERGE_TOLERANCE`] is an error: a merge that changes the
 /// function is never returned.
 pub fn merge_and_verify(
-    net: &MobileNet,
+    net: &Network,
     plan: Vec<bool>,
     res: usize,
 ) -> std::result::Result<Merged, StageError> {
@@ -257,7 +257,7 @@ mod tests {
     use depthshrink_nn::{Entry, Module};
 
     /// Non-trivial BN statistics and affine parameters everywhere, so folding is really tested.
-    fn randomise_bn(net: &mut MobileNet, seed: u64) {
+    fn randomise_bn(net: &mut Network, seed: u64) {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut fill = |t: &mut Tensor, lo: f32, hi: f32| {
             t.data_mut()
@@ -306,7 +306,7 @@ mod tests {
             (ArchConfig::mobilenet_v2(0.5, 10, true), 1),
             (ArchConfig::efficientnet_lite0(10, false), 2),
         ] {
-            let mut net = MobileNet::new(&arch, seed);
+            let mut net = Network::new(&arch, seed);
             randomise_bn(&mut net, seed);
             net.apply_keep(&vec![false; net.num_acts()]).unwrap();
             let ctx = Ctx::eval();
@@ -337,7 +337,7 @@ mod tests {
         let d = [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1];
         let keeps: [Vec<bool>; 2] = [d.iter().map(|&b| b == 1).collect(), vec![false; 19]];
         for keep in keeps {
-            let mut net = MobileNet::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 3);
+            let mut net = Network::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 3);
             randomise_bn(&mut net, 3);
             net.apply_keep(&keep).unwrap();
             let merge: Vec<bool> = keep[1..keep.len() - 1].iter().map(|k| !k).collect();
@@ -355,7 +355,7 @@ mod tests {
     #[test]
     fn the_original_network_is_the_one_before_activations_were_removed() {
         let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
-        let mut before = MobileNet::new(&arch, 5);
+        let mut before = Network::new(&arch, 5);
         randomise_bn(&mut before, 5);
         let mut net = before.clone();
         let mut keep = vec![false; net.num_acts()];
@@ -381,7 +381,7 @@ mod tests {
 
     #[test]
     fn blocks_with_activations_refuse_to_merge() {
-        let net = MobileNet::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 0);
+        let net = Network::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 0);
         let mut merge = vec![false; net.blocks.len()];
         merge[3] = true;
         let Err(err) = merge_network(&net, &merge) else {
@@ -397,7 +397,7 @@ mod tests {
     #[test]
     fn which_blocks_merge_follows_the_keep_list_and_the_latency_table() {
         let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
-        let mut net = MobileNet::new(&arch, 0);
+        let mut net = Network::new(&arch, 0);
         let mut keep = vec![true; net.num_acts()];
         for i in [1, 2, 3, 5] {
             keep[i] = false; // the DS block and IR blocks 1, 2, 4

@@ -15,7 +15,7 @@ use depthshrink_data::Batch;
 use depthshrink_nn::Ctx;
 use depthshrink_nn::activation::{Act, SearchGates, keep_smallest};
 use depthshrink_nn::keep::KeepList;
-use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_nn::network::Network;
 use depthshrink_tensor::{Tensor, TensorError};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -30,7 +30,7 @@ use crate::train::{Objective, Observer, TrainConfig, Trainer};
 
 /// Turns `net` into the search network: gated sites everywhere and fresh scores (kept when the
 /// network already carries some, e.g. resumed from a search checkpoint).
-pub fn install_gates(net: &mut MobileNet, config: &SearchConfig) -> Result<(), StageError> {
+pub fn install_gates(net: &mut Network, config: &SearchConfig) -> Result<(), StageError> {
     let n = net.num_acts();
     let searchable = config.searchable(n).map_err(StageError::Config)?;
     let keep = keep_count(config.keep_ratio, n);
@@ -89,7 +89,7 @@ fn no_gates() -> TensorError {
 impl Objective for GateSearch {
     fn loss(
         &mut self,
-        model: &mut MobileNet,
+        model: &mut Network,
         ctx: &mut Ctx,
         batch: &Batch,
     ) -> depthshrink_tensor::Result<(Var, Tensor)> {
@@ -100,7 +100,7 @@ impl Objective for GateSearch {
         Ok((loss, logits.value().clone()))
     }
 
-    fn after_backward(&mut self, model: &mut MobileNet, _grads: &mut Gradients) {
+    fn after_backward(&mut self, model: &mut Network, _grads: &mut Gradients) {
         let Some(search) = model.search.as_mut() else {
             return;
         };
@@ -114,7 +114,7 @@ impl Objective for GateSearch {
         }
     }
 
-    fn step_log(&mut self, model: &MobileNet, step: usize) -> Option<Value> {
+    fn step_log(&mut self, model: &Network, step: usize) -> Option<Value> {
         let search = model.search.as_ref()?;
         step.is_multiple_of(self.log_every).then(|| {
             json!({
@@ -227,7 +227,7 @@ pub const SEARCH_JSON: &str = "search.json";
 /// and returns it.
 pub fn search(
     mut config: TrainConfig,
-    mut pretrained: MobileNet,
+    mut pretrained: Network,
     latency: Option<&LatencyTable>,
     out: &Path,
     resume: bool,
@@ -345,7 +345,7 @@ mod tests {
     #[test]
     fn latency_pull_has_the_configured_sign() {
         let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
-        let mut net = MobileNet::new(&arch, 0);
+        let mut net = Network::new(&arch, 0);
         let n = net.num_acts();
         install_gates(&mut net, &SearchConfig::default()).unwrap();
         let blocks = (1..n - 1)

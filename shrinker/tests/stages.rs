@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use depthshrink_nn::arch::ArchConfig;
 use depthshrink_nn::checkpoint;
 use depthshrink_nn::keep::KeepList;
-use depthshrink_nn::mobilenet::MobileNet;
+use depthshrink_nn::network::Network;
 use depthshrink_shrinker::StageError;
 use depthshrink_shrinker::config::DistillConfig;
 use depthshrink_shrinker::finetune::finetune;
@@ -103,7 +103,7 @@ fn the_three_stages_run_through_the_library() {
     .unwrap();
     assert_eq!(finetuned.variant().keep, found.keep);
     let ckpt = checkpoint::load(dir.join("finetune").join(LAST)).unwrap();
-    let reloaded = MobileNet::from_checkpoint(&ckpt, None).unwrap();
+    let reloaded = Network::from_checkpoint(&ckpt, None).unwrap();
     assert_eq!(reloaded.variant().keep, found.keep);
     assert!(ckpt.metadata["extra"]["pretrained"]["fingerprint"].is_string());
 
@@ -148,7 +148,7 @@ fn the_three_stages_run_through_the_library() {
 #[test]
 fn stages_refuse_inputs_that_do_not_fit_the_network() {
     let dir = scratch("refusals");
-    let net = MobileNet::new(&config().model.arch(10), 0);
+    let net = Network::new(&config().model.arch(10), 0);
     // A keep list of another length.
     let err = finetune(
         config(),

@@ -2,8 +2,8 @@
 
 use depthshrink_autograd::Var;
 use depthshrink_data::Loader;
-use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::Ctx;
+use depthshrink_nn::network::Network;
 use depthshrink_tensor::reduce::argmax_rows;
 use depthshrink_tensor::softmax::cross_entropy;
 
@@ -23,7 +23,7 @@ pub struct EvalStats {
 }
 
 /// Evaluates `model` (BN folded, eval mode) on every batch of `loader`.
-pub fn evaluate(model: &MobileNet, loader: &Loader) -> Result<EvalStats, TrainError> {
+pub fn evaluate(model: &Network, loader: &Loader) -> Result<EvalStats, TrainError> {
     let mut net = model.for_inference()?;
     let classes = model.spec.num_classes;
     let ctx = Ctx::eval();

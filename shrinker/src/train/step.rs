@@ -2,8 +2,8 @@
 
 use depthshrink_autograd::{Gradients, Var};
 use depthshrink_data::Batch;
-use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module::{self, Ctx};
+use depthshrink_nn::network::Network;
 use depthshrink_nn::optim::{self, Optimizer};
 use depthshrink_tensor::Tensor;
 use depthshrink_tensor::reduce::argmax_rows;
@@ -13,35 +13,35 @@ use super::TrainError;
 
 /// What a training step optimises. The baseline uses [`CrossEntropy`]; finetuning plugs in
 /// distillation and the search its gated forward pass and latency term. Any closure
-/// `FnMut(&mut MobileNet, &mut Ctx, &Batch) -> Result<(Var, Tensor)>` is an objective.
+/// `FnMut(&mut Network, &mut Ctx, &Batch) -> Result<(Var, Tensor)>` is an objective.
 pub trait Objective {
     /// The forward pass and the scalar loss; returns (loss, logits `[N, classes]`).
     /// `ctx` is a fresh training context (set `ctx.gates` here if needed).
     fn loss(
         &mut self,
-        model: &mut MobileNet,
+        model: &mut Network,
         ctx: &mut Ctx,
         batch: &Batch,
     ) -> depthshrink_tensor::Result<(Var, Tensor)>;
 
     /// Called after the model's gradients were collected, before clipping and the update:
     /// take the gradients of anything else the loss depended on.
-    fn after_backward(&mut self, _model: &mut MobileNet, _grads: &mut Gradients) {}
+    fn after_backward(&mut self, _model: &mut Network, _grads: &mut Gradients) {}
 
     /// Called after global step `step` (1-based) was applied: a JSON object to record in
     /// `metrics.jsonl` as `{"step": step, "epoch": e, ...}` (the search logs its gates here).
-    fn step_log(&mut self, _model: &MobileNet, _step: usize) -> Option<Value> {
+    fn step_log(&mut self, _model: &Network, _step: usize) -> Option<Value> {
         None
     }
 }
 
 impl<F> Objective for F
 where
-    F: FnMut(&mut MobileNet, &mut Ctx, &Batch) -> depthshrink_tensor::Result<(Var, Tensor)>,
+    F: FnMut(&mut Network, &mut Ctx, &Batch) -> depthshrink_tensor::Result<(Var, Tensor)>,
 {
     fn loss(
         &mut self,
-        model: &mut MobileNet,
+        model: &mut Network,
         ctx: &mut Ctx,
         batch: &Batch,
     ) -> depthshrink_tensor::Result<(Var, Tensor)> {
@@ -57,7 +57,7 @@ pub struct CrossEntropy {
 impl Objective for CrossEntropy {
     fn loss(
         &mut self,
-        model: &mut MobileNet,
+        model: &mut Network,
         ctx: &mut Ctx,
         batch: &Batch,
     ) -> depthshrink_tensor::Result<(Var, Tensor)> {
@@ -91,7 +91,7 @@ pub fn dropout_seed(seed: u64, step: u64) -> u64 {
 /// A non-finite loss or gradient norm returns [`TrainError::NonFinite`] without touching the
 /// weights or the optimiser state.
 pub fn train_step(
-    model: &mut MobileNet,
+    model: &mut Network,
     optimizer: &mut dyn Optimizer,
     objective: &mut dyn Objective,
     batch: &Batch,

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use depthshrink_nn::checkpoint;
-use depthshrink_nn::mobilenet::MobileNet;
 use depthshrink_nn::module;
+use depthshrink_nn::network::Network;
 use depthshrink_nn::optim::Optimizer;
 use depthshrink_nn::schedule::LrSchedule;
 use depthshrink_tensor::Tensor;
@@ -50,7 +50,7 @@ pub struct RunSummary {
 pub struct Trainer {
     pub config: TrainConfig,
     pub out: PathBuf,
-    pub model: MobileNet,
+    pub model: Network,
     pub optimizer: Box<dyn Optimizer>,
     pub schedule: LrSchedule,
     pub data: Data,
@@ -78,7 +78,7 @@ impl Trainer {
         config: TrainConfig,
         out: &Path,
         resume: bool,
-        model: Option<MobileNet>,
+        model: Option<Network>,
     ) -> Result<Trainer, TrainError> {
         config.validate()?;
         let last = out.join(LAST);
@@ -142,7 +142,7 @@ impl Trainer {
                     )));
                 }
             }
-            trainer_model = MobileNet::from_checkpoint(&ckpt, None)?;
+            trainer_model = Network::from_checkpoint(&ckpt, None)?;
             if trainer_model.arch != arch {
                 return Err(bad(format!(
                     "it holds a {}, the config describes a {}",
@@ -181,7 +181,7 @@ impl Trainer {
                 .load_state(state)
                 .map_err(|e| bad(e.to_string()))?;
         } else {
-            trainer_model = model.unwrap_or_else(|| MobileNet::new(&arch, config.seed));
+            trainer_model = model.unwrap_or_else(|| Network::new(&arch, config.seed));
             if trainer_model.arch != arch {
                 return Err(TrainError::Config(format!(
                     "the given model is a {}, the config describes a {}",
@@ -559,7 +559,7 @@ pub fn train(
     out: &Path,
     resume: bool,
     observer: &mut dyn Observer,
-) -> Result<MobileNet, TrainError> {
+) -> Result<Network, TrainError> {
     let mut trainer = Trainer::new(config, out, resume)?;
     let mut objective = CrossEntropy {
         smoothing: trainer.config.label_smoothing as f32,

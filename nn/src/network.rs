@@ -1,6 +1,7 @@
-//! MobileNetV2 (any width, ImageNet or CIFAR layout) and EfficientNet-Lite0, which share one
-//! skeleton: stem conv → depthwise-separable block → inverted-residual blocks → head conv →
-//! global pool → dropout → linear. Parameter names follow torchvision's `mobilenet_v2`.
+//! MobileNetV2 (any width, ImageNet or CIFAR layout) and EfficientNet-Lite0 as one type,
+//! [`Network`]: both share one skeleton: stem conv → depthwise-separable block →
+//! inverted-residual blocks → head conv → global pool → dropout → linear. Parameter names follow
+//! torchvision's `mobilenet_v2`.
 
 use depthshrink_autograd::{Var, ops};
 use depthshrink_tensor::conv::ConvParams;
@@ -182,7 +183,7 @@ impl Block {
 
 /// MobileNetV2 or EfficientNet-Lite0, per its [`ArchConfig`].
 #[derive(Clone)]
-pub struct MobileNet {
+pub struct Network {
     pub arch: ArchConfig,
     pub spec: NetSpec,
     pub stem: ConvBn,
@@ -197,7 +198,7 @@ pub struct MobileNet {
     pub search: Option<SearchGates>,
 }
 
-/// Runs an evaluation pass (or its timing) on the thread [`MobileNet::forward`] uses for a
+/// Runs an evaluation pass (or its timing) on the thread [`Network::forward`] uses for a
 /// batch of `batch`: a single image on a worker of the rayon pool, so each kernel forks inside
 /// the pool instead of handing its split over from this thread and sleeping until it is done
 /// (with kernels of tens of µs that handoff is felt: batch 1 takes 0.88-0.92× the time); larger
@@ -212,9 +213,9 @@ pub fn run_eval<R: Send>(batch: usize, f: impl FnOnce() -> R + Send) -> R {
     }
 }
 
-impl MobileNet {
+impl Network {
     /// A freshly initialised network (torchvision's initialisation), deterministic in `seed`.
-    pub fn new(arch: &ArchConfig, seed: u64) -> MobileNet {
+    pub fn new(arch: &ArchConfig, seed: u64) -> Network {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let spec = arch.spec();
         let stem = ConvBn::new(
@@ -235,7 +236,7 @@ impl MobileNet {
         let last = spec.blocks.last().map_or(spec.stem, |b| b.cout);
         let head = ConvBn::new(&mut rng, last, spec.head, 1, 1, 0, 1, ["0", "1"]);
         let classifier = Linear::new(&mut rng, spec.head, spec.num_classes);
-        MobileNet {
+        Network {
             arch: arch.clone(),
             spec,
             stem,
@@ -273,7 +274,7 @@ impl MobileNet {
     }
 
     /// What a checkpoint records about this network (`arch` and `variant`), so that
-    /// [`MobileNet::from_checkpoint`] can rebuild it from the file alone.
+    /// [`Network::from_checkpoint`] can rebuild it from the file alone.
     pub fn metadata(&self) -> serde_json::Value {
         serde_json::json!({ "arch": self.arch, "variant": self.variant() })
     }
@@ -284,7 +285,7 @@ impl MobileNet {
     pub fn from_checkpoint(
         ckpt: &Checkpoint,
         fallback: Option<&ArchConfig>,
-    ) -> std::result::Result<MobileNet, CheckpointError> {
+    ) -> std::result::Result<Network, CheckpointError> {
         let bad = |detail: String| CheckpointError::Architecture {
             path: ckpt.path.clone(),
             detail,
@@ -295,7 +296,7 @@ impl MobileNet {
                 bad("carries no architecture metadata (a torchvision export?): give the architecture with --model, --width, --num-classes and --cifar".into())
             })?,
         };
-        let mut net = MobileNet::new(&arch, 0);
+        let mut net = Network::new(&arch, 0);
         if ckpt.tensors.contains_key(SEARCH_GATES) {
             net.search = Some(SearchGates::new(net.num_acts(), vec![true; net.num_acts()]));
         }
@@ -345,7 +346,7 @@ impl MobileNet {
 
     /// A copy for fast evaluation: every batch norm folded into its conv, every weight packed
     /// for the GEMM once, and gated sites fixed to the search's current decision.
-    pub fn for_inference(&self) -> Result<MobileNet> {
+    pub fn for_inference(&self) -> Result<Network> {
         let mut net = self.clone();
         if let Some(search) = net.search.take() {
             net.fix_gates(&search.decision());
@@ -371,7 +372,7 @@ impl MobileNet {
     /// The network the method starts from, with these weights: every activation back to ReLU6
     /// and ordinary padding (no pad-first). What a speed-up of the method is measured against.
     /// Fails for merged blocks, whose weights no longer hold the block.
-    pub fn original(&self) -> Result<MobileNet> {
+    pub fn original(&self) -> Result<Network> {
         if self.blocks.iter().any(|b| matches!(b, Block::Merged(_))) {
             return Err(TensorError::argument(
                 "original",
@@ -484,7 +485,7 @@ impl MobileNet {
     }
 }
 
-impl Module for MobileNet {
+impl Module for Network {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
         let features = join(prefix, "features");
         self.stem.visit(&join(&features, "0"), f);
