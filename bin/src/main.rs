@@ -12,6 +12,7 @@ mod infer;
 mod latency;
 mod merge;
 mod plot;
+mod report;
 mod search;
 mod strip;
 mod train;
@@ -62,6 +63,9 @@ enum Command {
     Latency(latency::LatencyArgs),
     /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
     Flops(flops::FlopsArgs),
+    /// One self-contained HTML page for a study folder: top-1 against measured latency for
+    /// every method, per-block latency and memory, gate trajectories, curves and a table.
+    Report(report::ReportArgs),
     /// Copy a checkpoint without its optimiser state (half the size; what models/ ships).
     Strip(strip::StripArgs),
     /// Draw training curves, search gate scores and latency tables as one SVG figure.
@@ -117,6 +121,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Eval(args) => eval::run(&args),
         Command::Plot(args) => plot::run(&args),
         Command::Strip(args) => strip::run(&args),
+        Command::Report(args) => report::run(&args),
     }
 }
 

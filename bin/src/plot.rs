@@ -209,11 +209,11 @@ pub fn write(path: &Path, svg: &str) -> Result<(), String> {
     write_atomic(path, svg.as_bytes()).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-const WIDTH: u32 = 960;
-const ROW: u32 = 340;
-const FONT: &str = "sans-serif";
+pub const WIDTH: u32 = 960;
+pub const ROW: u32 = 340;
+pub const FONT: &str = "sans-serif";
 /// Tableau's ten colours: distinguishable, and readable on white.
-const COLOURS: [RGBColor; 10] = [
+pub const COLOURS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -264,17 +264,17 @@ pub fn render(
     Ok(svg)
 }
 
-fn draw_err(e: impl std::fmt::Display) -> String {
+pub fn draw_err(e: impl std::fmt::Display) -> String {
     format!("drawing the figure: {e}")
 }
 
 /// The smallest and largest of `values`.
-fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
+pub fn bounds(values: impl Iterator<Item = f64>) -> (f64, f64) {
     values.fold((f64::MAX, f64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)))
 }
 
 /// `lo..hi` widened by `pad` of its span on both sides (never empty).
-fn padded(lo: f64, hi: f64, pad: f64) -> Range<f64> {
+pub fn padded(lo: f64, hi: f64, pad: f64) -> Range<f64> {
     let span = (hi - lo).max(1e-3);
     (lo - pad * span)..(hi + pad * span)
 }
@@ -313,7 +313,7 @@ fn epoch_chart<'a, 'b>(
 }
 
 /// A titled chart with room for axis labels: every panel of the figure.
-fn new_chart<'a, 'b>(
+pub fn new_chart<'a, 'b>(
     area: &'a DrawingArea<SVGBackend<'b>, Shift>,
     caption: impl AsRef<str>,
     x: Range<f64>,
@@ -328,9 +328,10 @@ fn new_chart<'a, 'b>(
         .map_err(draw_err)
 }
 
-type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+pub type Chart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
-fn series_label<'a, 'b: 'a>(
+pub fn series_label<'a, 'b: 'a>(
     chart: &mut Chart<'a, 'b>,
     position: SeriesLabelPosition,
 ) -> Result<(), String> {

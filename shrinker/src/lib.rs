@@ -8,6 +8,7 @@ pub mod finetune;
 pub mod latency;
 pub mod merge;
 pub mod search;
+pub mod study;
 pub mod train;
 
 pub use error::{StageError, write_json};

@@ -1,0 +1,105 @@
+//! `depthshrink report`: the HTML page and the Markdown table render from a small synthetic
+//! study folder; a folder without runs is refused by name.
+
+mod common;
+
+use std::path::Path;
+
+use common::{ok, run, s, scratch, stderr};
+
+fn epoch_line(epoch: usize, val_acc: f64) -> String {
+    format!(
+        r#"{{"epoch":{epoch},"train_loss":1.5,"train_acc":0.4,"val_loss":1.2,"val_acc":{val_acc},"val_top5":0.9,"lr":0.1,"seconds":3.0,"eval_seconds":0.5,"images_per_s":100.0,"images":300}}"#
+    )
+}
+
+/// A run directory with a summary and two epochs of metrics.
+fn network(dir: &Path, name: &str, method: &str, top1: f64, group: Option<&str>) {
+    let run = dir.join(name);
+    std::fs::create_dir_all(&run).unwrap();
+    let group = group.map_or(String::new(), |g| format!(r#","group":"{g}""#));
+    std::fs::write(
+        run.join("summary.json"),
+        format!(
+            r#"{{"name":"{name}","method":"{method}","top1":{top1},"seed":0,"epochs":2,"command":"depthshrink finetune --keep a|b","params":1234567,"macs_m":12.5{group}}}"#
+        ),
+    )
+    .unwrap();
+    let lines = [epoch_line(1, top1 / 200.0), epoch_line(2, top1 / 100.0)];
+    std::fs::write(run.join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn a_study_folder_renders_as_one_self_contained_page_and_a_markdown_table() {
+    let dir = scratch("report");
+    let study = dir.join("study");
+    network(&study, "baseline", "baseline", 88.6, None);
+    network(&study, "ds-seed0", "depthshrinker", 87.9, Some("ds-keep10"));
+    network(&study, "ds-seed1", "depthshrinker", 87.5, Some("ds-keep10"));
+    network(&study, "w0.35", "width", 86.0, None);
+    let gate = |step: usize| {
+        format!(r#"{{"step":{step},"epoch":1,"gates":[0.1,0.5,-0.2],"keep":[1,0,1]}}"#)
+    };
+    std::fs::write(
+        study.join("ds-seed0/search-metrics.jsonl"),
+        [gate(2), gate(4)].join("\n") + "\n",
+    )
+    .unwrap();
+    std::fs::write(
+        study.join("latency.json"),
+        r#"{"res":32,"threads":2,"runs":3,"batches":[1,64],"networks":[
+            {"name":"baseline","ms":[2.0,40.0]},{"name":"ds-seed0","ms":[1.5,28.0]},
+            {"name":"ds-seed1","ms":[1.6,29.0]},{"name":"w0.35","ms":[1.4,25.0]}]}"#,
+    )
+    .unwrap();
+    ok(&[
+        "latency",
+        "--cifar",
+        "--width",
+        "0.25",
+        "--num-classes",
+        "10",
+        "--runs",
+        "1",
+        "--out",
+        s(&study.join("blocks.json")),
+    ]);
+
+    let page = dir.join("report.html");
+    let stdout = ok(&["report", s(&study), "--out", s(&page)]);
+    assert!(stdout.contains("4 networks"), "{stdout}");
+    let html = std::fs::read_to_string(&page).unwrap();
+    for needle in [
+        "top-1 against latency, batch 1",
+        "top-1 against latency, batch 64",
+        "peak activation memory per block",
+        "gate scores of ds-seed0",
+        "width scaling",
+        "<td class=\"l\">w0.35</td>",
+        "depthshrink finetune --keep a|b",
+    ] {
+        assert!(html.contains(needle), "`{needle}` missing from the page");
+    }
+    // Pareto ×2, latency and memory per block, one gate chart, three training-curve figures.
+    assert_eq!(html.matches("<svg").count(), 8);
+    // Self-contained: nothing fetched from elsewhere.
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"));
+
+    let md = ok(&["report", s(&study), "--markdown"]);
+    let lines: Vec<&str> = md.lines().collect();
+    assert_eq!(lines.len(), 2 + 4, "{md}");
+    assert!(lines[0].starts_with("| network | method |"), "{md}");
+    assert!(md.contains("| ds-seed1 | DepthShrinker |"), "{md}");
+    assert!(md.contains("| 1.60 | 29.00 | 87.50 |"), "{md}");
+    assert!(md.contains("`depthshrink finetune --keep a\\|b`"), "{md}");
+
+    let empty = dir.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = run(&["report", s(&empty)]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no run directory with a summary.json"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -1,0 +1,308 @@
+//! A comparative study: many networks trained on one data set, each in its own directory under
+//! the study's folder with a `summary.json` ([`RunRecord`]), plus one latency table of all of
+//! them timed interleaved in one process ([`StudyLatency`]). `depthshrink report` reads it.
+//!
+//! ```text
+//! results/cifar10/
+//!   latency.json            every network, batch 1 and 64, timed interleaved
+//!   blocks.json             per-block latency of the original vs merged network (optional)
+//!   ds-keep10/summary.json  one directory per network: summary.json, metrics.jsonl,
+//!   ds-keep10/metrics.jsonl   search-metrics.jsonl and search.json where there was a search
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use depthshrink_nn::arch::NetSpec;
+use depthshrink_nn::keep::KeepList;
+use serde::{Deserialize, Serialize};
+
+use crate::StageError;
+
+/// A network's record in its run directory.
+pub const SUMMARY: &str = "summary.json";
+/// The interleaved latency table, at the study's root.
+pub const STUDY_LATENCY: &str = "latency.json";
+/// The per-block latency table of the original vs merged network, at the study's root.
+pub const BLOCK_LATENCY: &str = "blocks.json";
+/// A search's `metrics.jsonl` (its gate trajectories), copied beside the finetuning's.
+pub const SEARCH_METRICS: &str = "search-metrics.jsonl";
+
+/// How a network of the study was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// The network every other one starts from.
+    Baseline,
+    /// A uniformly narrower network trained from scratch.
+    Width,
+    /// Searched activations removed, finetuned, merged.
+    Depthshrinker,
+    /// Activations removed at random (among the ones whose removal merges a block).
+    Random,
+    /// Whole residual blocks dropped.
+    BlockPruning,
+    /// Each block's hidden width shrunk by a uniform ratio.
+    ChannelPruning,
+    /// A DepthShrinker network with one ingredient taken out.
+    Ablation,
+}
+
+impl Method {
+    /// Every method, in the order reports list them.
+    pub const ALL: [Method; 7] = [
+        Method::Baseline,
+        Method::Depthshrinker,
+        Method::Width,
+        Method::Random,
+        Method::BlockPruning,
+        Method::ChannelPruning,
+        Method::Ablation,
+    ];
+
+    /// The name a report shows.
+    pub fn label(self) -> &'static str {
+        match self {
+            Method::Baseline => "baseline",
+            Method::Width => "width scaling",
+            Method::Depthshrinker => "DepthShrinker",
+            Method::Random => "random removal",
+            Method::BlockPruning => "block pruning",
+            Method::ChannelPruning => "channel pruning",
+            Method::Ablation => "ablation",
+        }
+    }
+}
+
+/// `summary.json`: what one network of the study is, how it was made and how it scores.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Unique within the study (the run directory's name, usually).
+    pub name: String,
+    pub method: Method,
+    /// Test top-1 of the last epoch, in percent.
+    pub top1: f64,
+    /// The activations kept, where some were removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep: Option<KeepList>,
+    pub seed: u64,
+    /// Epochs of the run that made it (finetuning epochs for a finetuned network).
+    pub epochs: usize,
+    /// The command that made it, for a reader to repeat.
+    pub command: String,
+    /// The committed weights file, relative to the repository root, where there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
+    /// Runs of one configuration under different seeds share a group (the report shows their
+    /// spread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Parameters of the deployed network (merged where it merges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub params: Option<u64>,
+    /// Multiply-adds of the deployed network, in millions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macs_m: Option<f64>,
+    /// fvcore-convention MFLOPs (the paper's tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fvcore_mflops: Option<f64>,
+    /// Wall time of the run that made it, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_seconds: Option<f64>,
+}
+
+/// Every network of a study timed interleaved in one process (merged networks merged).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StudyLatency {
+    /// Input side length.
+    pub res: usize,
+    /// Worker threads while timing.
+    pub threads: usize,
+    /// Timed rounds per network and batch (medians are kept).
+    pub runs: usize,
+    /// The batch sizes of every network's `ms`, in order.
+    pub batches: Vec<usize>,
+    pub networks: Vec<NetworkLatency>,
+}
+
+/// One network's median forward time per batch size of its [`StudyLatency`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetworkLatency {
+    /// A [`RunRecord::name`].
+    pub name: String,
+    /// Milliseconds per forward pass, one per batch size.
+    pub ms: Vec<f64>,
+}
+
+impl StudyLatency {
+    /// The median ms of network `name` at batch `batch`, if it was timed.
+    pub fn ms(&self, name: &str, batch: usize) -> Option<f64> {
+        let b = self.batches.iter().position(|&x| x == batch)?;
+        self.networks
+            .iter()
+            .find(|n| n.name == name)
+            .and_then(|n| n.ms.get(b).copied())
+    }
+}
+
+/// A study's folder, read.
+pub struct Study {
+    pub dir: PathBuf,
+    /// Every run directory holding a `summary.json`, with its record, sorted by method then
+    /// name.
+    pub runs: Vec<(PathBuf, RunRecord)>,
+    /// The interleaved table, when measured.
+    pub latency: Option<StudyLatency>,
+}
+
+impl Study {
+    /// Reads every `*/summary.json` under `dir` and `latency.json` if present. A summary that
+    /// does not parse is an error naming its file; a folder without any is an error too.
+    pub fn read(dir: &Path) -> Result<Study, StageError> {
+        let bad = |path: &Path, e: String| StageError::Config(format!("{}: {e}", path.display()));
+        let entries = std::fs::read_dir(dir).map_err(|e| bad(dir, e.to_string()))?;
+        let mut runs = Vec::new();
+        for entry in entries {
+            let run_dir = entry.map_err(|e| bad(dir, e.to_string()))?.path();
+            let path = run_dir.join(SUMMARY);
+            if !path.is_file() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
+            let record: RunRecord =
+                serde_json::from_str(&text).map_err(|e| bad(&path, e.to_string()))?;
+            runs.push((run_dir, record));
+        }
+        if runs.is_empty() {
+            return Err(bad(
+                dir,
+                format!("no run directory with a {SUMMARY} (expected DIR/<run>/{SUMMARY})"),
+            ));
+        }
+        runs.sort_by(|a, b| (a.1.method, &a.1.name).cmp(&(b.1.method, &b.1.name)));
+        let path = dir.join(STUDY_LATENCY);
+        let latency = if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(|e| bad(&path, e.to_string()))?;
+            Some(serde_json::from_str(&text).map_err(|e| bad(&path, e.to_string()))?)
+        } else {
+            None
+        };
+        Ok(Study {
+            dir: dir.to_path_buf(),
+            runs,
+            latency,
+        })
+    }
+}
+
+/// Activation memory of one block in inference, before and after merging.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BlockMemory {
+    /// Activation index of the block (1 = the DS block).
+    pub index: usize,
+    /// Largest set of activation tensors alive at once in the unmerged block, in bytes (f32,
+    /// batch 1): the input (kept for the skip), the expanded map, the depthwise output, the
+    /// output.
+    pub unmerged_bytes: u64,
+    /// The same for the merged conv: input and output.
+    pub merged_bytes: u64,
+}
+
+/// Peak activation memory per block of `spec` at input side `res` (the paper's Fig. 5):
+/// merging removes the expanded intermediate maps. Kernel workspaces are not counted.
+pub fn block_memory(spec: &NetSpec, res: usize) -> Vec<BlockMemory> {
+    let mut side = res.div_ceil(spec.stem_stride) as u64;
+    let mut out = Vec::with_capacity(spec.blocks.len());
+    for (i, b) in spec.blocks.iter().enumerate() {
+        let next = side.div_ceil(b.stride as u64);
+        let (cin, hid, cout) = (b.cin as u64, b.hidden as u64, b.cout as u64);
+        let input = cin * side * side;
+        let skip = if b.has_skip() { input } else { 0 };
+        let expanded = if b.expand { hid * side * side } else { input };
+        let dw = hid * next * next;
+        let output = cout * next * next;
+        let unmerged = if b.expand {
+            (input + expanded).max(skip + expanded + dw)
+        } else {
+            input + dw
+        }
+        .max(skip + dw + output);
+        out.push(BlockMemory {
+            index: i + 1,
+            unmerged_bytes: 4 * unmerged,
+            merged_bytes: 4 * (input + output),
+        });
+        side = next;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use depthshrink_nn::arch::ArchConfig;
+
+    #[test]
+    fn merging_removes_the_expanded_maps_from_the_peak() {
+        let spec = ArchConfig::mobilenet_v2(1.0, 10, true).spec();
+        let mem = block_memory(&spec, 32);
+        assert_eq!(mem.len(), spec.blocks.len());
+        // IR1 of the CIFAR layout: 16 → 96 (t = 6) → 24 at 32×32, stride 1 (no skip: 16 ≠ 24).
+        let b = &spec.blocks[1];
+        assert_eq!((b.cin, b.hidden, b.cout, b.stride), (16, 96, 24, 1));
+        let side = 32 * 32;
+        assert_eq!(mem[1].unmerged_bytes, 4 * 2 * 96 * side);
+        assert_eq!(mem[1].merged_bytes, 4 * (16 + 24) * side);
+        assert!(mem.iter().all(|m| m.merged_bytes <= m.unmerged_bytes));
+    }
+
+    #[test]
+    fn a_study_folder_reads_its_runs_and_latency_and_names_a_bad_summary() {
+        let dir = std::env::temp_dir().join(format!("ds-study-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let record = |name: &str, method| RunRecord {
+            name: name.into(),
+            method,
+            top1: 88.0,
+            keep: None,
+            seed: 0,
+            epochs: 1,
+            command: "depthshrink train".into(),
+            weights: None,
+            group: None,
+            params: None,
+            macs_m: None,
+            fvcore_mflops: None,
+            wall_seconds: None,
+        };
+        for (name, method) in [("w035", Method::Width), ("base", Method::Baseline)] {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            let json = serde_json::to_string(&record(name, method)).unwrap();
+            std::fs::write(dir.join(name).join(SUMMARY), json).unwrap();
+        }
+        let latency = StudyLatency {
+            res: 32,
+            threads: 2,
+            runs: 3,
+            batches: vec![1, 64],
+            networks: vec![NetworkLatency {
+                name: "base".into(),
+                ms: vec![1.5, 20.0],
+            }],
+        };
+        std::fs::write(
+            dir.join(STUDY_LATENCY),
+            serde_json::to_string(&latency).unwrap(),
+        )
+        .unwrap();
+        let study = Study::read(&dir).unwrap();
+        let names: Vec<&str> = study.runs.iter().map(|r| r.1.name.as_str()).collect();
+        assert_eq!(names, ["base", "w035"]);
+        let table = study.latency.unwrap();
+        assert_eq!(table.ms("base", 64), Some(20.0));
+        assert_eq!(table.ms("base", 8), None);
+        std::fs::write(dir.join("w035").join(SUMMARY), "{").unwrap();
+        let err = Study::read(&dir).err().unwrap().to_string();
+        assert!(err.contains("w035/summary.json"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
