@@ -1,9 +1,10 @@
 //! `depthshrink latency`: per-block latency table, unmerged vs merged, measured here.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 use depthshrink_shrinker::latency::measure;
+use depthshrink_shrinker::study::{self, STUDY_LATENCY, Study};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::args::{ArchArgs, write_json};
@@ -24,6 +25,39 @@ pub struct LatencyArgs {
     /// Write the table as JSON (what `search --latency` reads).
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
+    /// Instead of one architecture's blocks: time every network of a study folder (each
+    /// summary.json with an `arch`) interleaved in this process at batch 1 and 64, and write
+    /// DIR/latency.json for `depthshrink report`.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "batch"])]
+    study: Option<PathBuf>,
+}
+
+/// The batch sizes a study is timed at (the report's two Pareto plots).
+const STUDY_BATCHES: [usize; 2] = [1, 64];
+
+fn time_study(dir: &Path, res: Option<usize>, runs: usize) -> Result<(), String> {
+    let study = Study::read(dir).map_err(|e| e.to_string())?;
+    let res = res.unwrap_or_else(|| {
+        let cifar = study
+            .runs
+            .iter()
+            .any(|(_, r)| r.arch.as_ref().is_some_and(|a| a.cifar));
+        if cifar { 32 } else { 224 }
+    });
+    println!(
+        "timing {} networks interleaved at batch {:?}, {res}², {runs} rounds…",
+        study.runs.len(),
+        STUDY_BATCHES
+    );
+    let table = study::time_study(&study, res, &STUDY_BATCHES, runs).map_err(|e| e.to_string())?;
+    for n in &table.networks {
+        let ms: Vec<String> = n.ms.iter().map(|m| format!("{m:.3} ms")).collect();
+        println!("{:<24} {}", n.name, ms.join("  "));
+    }
+    let path = dir.join(STUDY_LATENCY);
+    write_json(&path, &table)?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 pub fn run(args: &LatencyArgs) -> Result<(), String> {
@@ -32,6 +66,9 @@ pub fn run(args: &LatencyArgs) -> Result<(), String> {
     }
     if args.runs == 0 {
         return Err("--runs must be at least 1 (the median of no timings is undefined)".into());
+    }
+    if let Some(dir) = &args.study {
+        return time_study(dir, args.res, args.runs);
     }
     let arch = args.arch.arch()?;
     let res = args.res.unwrap_or(if arch.cifar { 32 } else { 224 });

@@ -65,6 +65,31 @@ fn a_study_folder_renders_as_one_self_contained_page_and_a_markdown_table() {
         s(&study.join("blocks.json")),
     ]);
 
+    // `latency --study` times the networks that record an architecture, interleaved.
+    let timed = dir.join("timed");
+    network(&timed, "a", "baseline", 80.0, None);
+    let summary = timed.join("a/summary.json");
+    let text = std::fs::read_to_string(&summary).unwrap().replace(
+        r#""seed":0"#,
+        r#""seed":0,"arch":{"family":"mobilenet_v2","width":0.25,"num_classes":10,"cifar":true}"#,
+    );
+    std::fs::write(&summary, text).unwrap();
+    let stdout = ok(&[
+        "latency",
+        "--study",
+        s(&timed),
+        "--runs",
+        "1",
+        "--res",
+        "16",
+    ]);
+    assert!(stdout.contains("wrote"), "{stdout}");
+    let table: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(timed.join("latency.json")).unwrap())
+            .unwrap();
+    assert_eq!(table["batches"], serde_json::json!([1, 64]));
+    assert_eq!(table["networks"][0]["name"], "a");
+
     let page = dir.join("report.html");
     let stdout = ok(&["report", s(&study), "--out", s(&page)]);
     assert!(stdout.contains("4 networks"), "{stdout}");

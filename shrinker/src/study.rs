@@ -12,11 +12,14 @@
 
 use std::path::{Path, PathBuf};
 
-use depthshrink_nn::arch::NetSpec;
+use depthshrink_nn::arch::{ArchConfig, NetSpec};
 use depthshrink_nn::keep::KeepList;
+use depthshrink_nn::network::Network;
 use serde::{Deserialize, Serialize};
 
 use crate::StageError;
+use crate::latency::compare_networks;
+use crate::merge::merge_network;
 
 /// A network's record in its run directory.
 pub const SUMMARY: &str = "summary.json";
@@ -108,6 +111,77 @@ pub struct RunRecord {
     /// Wall time of the run that made it, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wall_seconds: Option<f64>,
+    /// The architecture, so the study can time the network without its weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<ArchConfig>,
+    /// Per block: merged into one dense conv in the deployed network (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged: Option<Vec<bool>>,
+}
+
+impl RunRecord {
+    /// The network as deployed, with seeded weights (its latency does not depend on their
+    /// values): the architecture, the activations the keep list removes, the blocks merged.
+    /// `None` when the record has no architecture.
+    pub fn deployed(&self) -> Result<Option<Network>, StageError> {
+        let Some(arch) = &self.arch else {
+            return Ok(None);
+        };
+        let mut net = Network::new(arch, self.seed);
+        if let Some(keep) = &self.keep {
+            keep.check_len(net.num_acts())
+                .map_err(|e| StageError::Keep(format!("{}: {e}", self.name)))?;
+            net.apply_keep(keep)?;
+        }
+        if let Some(plan) = &self.merged {
+            net = merge_network(&net, plan)?;
+        }
+        Ok(Some(net))
+    }
+}
+
+/// Times every network of `study` that records its architecture, all interleaved in one
+/// process (medians of `runs` rounds), at each of `batches` on `res`² inputs: the one
+/// comparison a noisy shared machine cannot skew between methods.
+pub fn time_study(
+    study: &Study,
+    res: usize,
+    batches: &[usize],
+    runs: usize,
+) -> Result<StudyLatency, StageError> {
+    let mut names = Vec::new();
+    let mut nets = Vec::new();
+    for (_, record) in &study.runs {
+        if let Some(net) = record.deployed()? {
+            names.push(record.name.clone());
+            nets.push(net);
+        }
+    }
+    if nets.is_empty() {
+        return Err(StageError::Config(format!(
+            "{}: no summary.json records an architecture (`arch`), so nothing can be timed",
+            study.dir.display()
+        )));
+    }
+    let refs: Vec<&Network> = nets.iter().collect();
+    let mut ms = vec![Vec::new(); nets.len()];
+    for &batch in batches {
+        let times = compare_networks(&refs, res, batch, runs)?;
+        for (m, t) in ms.iter_mut().zip(times) {
+            m.push(t);
+        }
+    }
+    Ok(StudyLatency {
+        res,
+        threads: rayon::current_num_threads(),
+        runs,
+        batches: batches.to_vec(),
+        networks: names
+            .into_iter()
+            .zip(ms)
+            .map(|(name, ms)| NetworkLatency { name, ms })
+            .collect(),
+    })
 }
 
 /// Every network of a study timed interleaved in one process (merged networks merged).
@@ -256,6 +330,55 @@ mod tests {
     }
 
     #[test]
+    fn a_study_times_each_deployed_network_at_each_batch() {
+        let arch = ArchConfig::mobilenet_v2(0.25, 10, true);
+        let mut keep = vec![true; 19];
+        keep[3] = false;
+        let mut merged = vec![false; 17];
+        merged[2] = true;
+        let record = |name: &str, keep: Option<KeepList>, merged: Option<Vec<bool>>| RunRecord {
+            name: name.into(),
+            method: Method::Depthshrinker,
+            top1: 80.0,
+            keep,
+            seed: 0,
+            epochs: 1,
+            command: String::new(),
+            weights: None,
+            group: None,
+            params: None,
+            macs_m: None,
+            fvcore_mflops: None,
+            wall_seconds: None,
+            arch: Some(arch.clone()),
+            merged,
+        };
+        let a = record("a", None, None);
+        let b = record("b", Some(KeepList::new(keep)), Some(merged));
+        let net = b.deployed().unwrap().unwrap();
+        assert!(matches!(
+            net.blocks[2],
+            depthshrink_nn::network::Block::Merged(_)
+        ));
+        let study = Study {
+            dir: PathBuf::from("s"),
+            runs: vec![(PathBuf::from("s/a"), a), (PathBuf::from("s/b"), b)],
+            latency: None,
+        };
+        let table = time_study(&study, 16, &[1, 2], 1).unwrap();
+        assert_eq!(table.networks.len(), 2);
+        assert!(
+            table
+                .networks
+                .iter()
+                .all(|n| n.ms.len() == 2 && n.ms[0] > 0.0)
+        );
+        let bad = record("c", Some(KeepList::new(vec![true; 3])), None);
+        let err = bad.deployed().err().unwrap().to_string();
+        assert!(err.starts_with("c: 3 entries"), "{err}");
+    }
+
+    #[test]
     fn a_study_folder_reads_its_runs_and_latency_and_names_a_bad_summary() {
         let dir = std::env::temp_dir().join(format!("ds-study-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -273,6 +396,8 @@ mod tests {
             macs_m: None,
             fvcore_mflops: None,
             wall_seconds: None,
+            arch: None,
+            merged: None,
         };
         for (name, method) in [("w035", Method::Width), ("base", Method::Baseline)] {
             std::fs::create_dir_all(dir.join(name)).unwrap();
