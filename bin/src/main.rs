@@ -15,6 +15,7 @@ mod plot;
 mod report;
 mod search;
 mod strip;
+mod study;
 mod train;
 
 use std::process::ExitCode;
@@ -63,6 +64,8 @@ enum Command {
     Latency(latency::LatencyArgs),
     /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
     Flops(flops::FlopsArgs),
+    /// Run a study plan (the networks the paper compares, at one budget), resumably.
+    Study(study::StudyArgs),
     /// One self-contained HTML page for a study folder: top-1 against measured latency for
     /// every method, per-block latency and memory, gate trajectories, curves and a table.
     Report(report::ReportArgs),
@@ -122,6 +125,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Plot(args) => plot::run(&args),
         Command::Strip(args) => strip::run(&args),
         Command::Report(args) => report::run(&args),
+        Command::Study(args) => study::run(&args),
     }
 }
 

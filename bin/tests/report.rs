@@ -128,3 +128,123 @@ fn a_study_folder_renders_as_one_self_contained_page_and_a_markdown_table() {
         stderr(&out)
     );
 }
+
+/// A tiny run on the synthetic set: width-0.25 CIFAR layout, 64 images, 1 epoch.
+const TINY: &str = r#"
+epochs = 1
+seed = 1
+[model]
+width = 0.25
+cifar = true
+dropout = 0.0
+[data]
+batch_size = 32
+limit_train = 64
+limit_test = 32
+cache = true
+[optim]
+optimizer = "sgd"
+momentum = 0.9
+weight_decay = 5e-4
+[lr]
+schedule = "cosine"
+lr = 0.05
+[search]
+log_every = 1
+"#;
+
+/// `study` runs every method a plan can hold, resumably (a second run reuses the records);
+/// `latency --study` times them all; `report` draws them.
+#[test]
+fn a_study_plan_runs_every_network_then_times_and_reports_them() {
+    let dir = scratch("study");
+    let config = common::write_config(&dir, TINY);
+    let base = dir.join("base");
+    ok(&[
+        "--threads",
+        "2",
+        "train",
+        "--config",
+        &config,
+        "--out",
+        s(&base),
+    ]);
+    let (out, work) = (dir.join("results"), dir.join("work"));
+    let plan = dir.join("plan.toml");
+    std::fs::write(
+        &plan,
+        format!(
+            r#"config = "{config}"
+pretrained = "{}"
+out = "{}"
+work = "{}"
+search_epochs = 1
+finetune_epochs = 1
+stage_lr = 0.01
+latency_batch = 1
+distill = {{ alpha = 0.7, temperature = 4.0 }}
+[[network]]
+name = "baseline"
+method = "baseline"
+command = "depthshrink train --config tiny.toml"
+[[network]]
+name = "ds-keep9"
+method = "depthshrinker"
+keep = 9
+group = "ds"
+[[network]]
+name = "random-keep9"
+method = "random"
+keep = 9
+seed = 2
+[[network]]
+name = "w0.2"
+method = "width"
+width = 0.2
+"#,
+            s(&base.join("last.safetensors")),
+            s(&out),
+            s(&work)
+        ),
+    )
+    .unwrap();
+    let stdout = ok(&["--threads", "2", "study", s(&plan)]);
+    assert!(stdout.contains("4 networks in"), "{stdout}");
+    for name in ["baseline", "ds-keep9", "random-keep9", "w0.2"] {
+        let record = common::json(&out.join(name).join("summary.json"));
+        assert_eq!(record["name"], name);
+        assert!(record["top1"].as_f64().is_some(), "{record}");
+        assert!(record["arch"].is_object(), "{record}");
+    }
+    let ds = common::json(&out.join("ds-keep9/summary.json"));
+    assert_eq!(
+        ds["keep"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|k| k == &&serde_json::json!(1))
+            .count(),
+        9
+    );
+    assert!(out.join("ds-keep9/search-metrics.jsonl").is_file());
+    assert!(out.join("random-keep9/search.json").is_file());
+    assert_eq!(
+        common::json(&out.join("baseline/summary.json"))["command"],
+        "depthshrink train --config tiny.toml"
+    );
+    // Finished networks are reused, not rerun.
+    let again = ok(&["study", s(&plan), "--only", "ds-keep9"]);
+    assert!(!again.contains("finetuning"), "{again}");
+    let err = run(&["study", s(&plan), "--only", "nope"]);
+    assert!(
+        stderr(&err).contains("--only nope: no such network"),
+        "{}",
+        stderr(&err)
+    );
+
+    ok(&["latency", "--study", s(&out), "--runs", "1"]);
+    let stdout = ok(&["report", s(&out)]);
+    assert!(stdout.contains("4 networks"), "{stdout}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("random removal") && html.contains("gate scores of ds-keep9"));
+}

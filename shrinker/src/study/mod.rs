@@ -17,7 +17,12 @@ use depthshrink_nn::keep::KeepList;
 use depthshrink_nn::network::Network;
 use serde::{Deserialize, Serialize};
 
+mod run;
+
+pub use run::run_network;
+
 use crate::StageError;
+use crate::config::DistillConfig;
 use crate::latency::compare_networks;
 use crate::merge::merge_network;
 
@@ -265,6 +270,101 @@ impl Study {
             runs,
             latency,
         })
+    }
+}
+
+/// A study's plan, as written in TOML (e.g. `configs/study-cifar10.toml`): the recipe every
+/// network shares and the list of networks. `depthshrink study PLAN` runs it, resumably.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudyPlan {
+    /// The baseline's training config (data, optimiser, schedule): every stage starts from it.
+    pub config: PathBuf,
+    /// The baseline network every finetuned network starts from.
+    pub pretrained: PathBuf,
+    /// Where the records go (committed): `<out>/<name>/summary.json`, metrics, search output.
+    pub out: PathBuf,
+    /// Where the runs' checkpoints go (not committed; each run resumes from here).
+    pub work: PathBuf,
+    /// Epochs of every search.
+    pub search_epochs: usize,
+    /// Epochs of every finetuning: one budget for every finetuned network, so they compare.
+    pub finetune_epochs: usize,
+    /// Learning rate of searches and finetuning (they start from a trained network).
+    pub stage_lr: f64,
+    /// Self-distillation of every finetuning.
+    pub distill: DistillConfig,
+    /// Batch size of the latency table the searches weigh (`<out>/search-latency.json`).
+    pub latency_batch: usize,
+    /// Activation indices searches and random draws may remove (absent: the config's
+    /// `search.searchable`, else all).
+    #[serde(default)]
+    pub searchable: Option<Vec<usize>>,
+    /// The networks, run in this order.
+    #[serde(rename = "network")]
+    pub networks: Vec<NetworkPlan>,
+}
+
+/// One network of a [`StudyPlan`].
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPlan {
+    /// Unique: the directory name under `out` and `work`.
+    pub name: String,
+    pub method: Method,
+    /// Activations kept (DepthShrinker and random removal).
+    #[serde(default)]
+    pub keep: Option<usize>,
+    /// Seeds the search, the data order and dropout (and the random draw).
+    #[serde(default)]
+    pub seed: u64,
+    /// Width multiplier of a network trained from scratch (width scaling).
+    #[serde(default)]
+    pub width: Option<f64>,
+    /// Seeds of one configuration share a group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// The command that made a network the study does not make itself (the baseline).
+    #[serde(default)]
+    pub command: Option<String>,
+}
+
+impl StudyPlan {
+    /// Reads a plan; paths in it are relative to the working directory (the repository root).
+    pub fn read(path: &Path) -> Result<StudyPlan, StageError> {
+        let bad = |e: String| StageError::Config(format!("{}: {e}", path.display()));
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let plan: StudyPlan = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+        let mut names = std::collections::BTreeSet::new();
+        for n in &plan.networks {
+            if !names.insert(&n.name) {
+                return Err(bad(format!("network `{}` is listed twice", n.name)));
+            }
+            let needs_keep = matches!(n.method, Method::Depthshrinker | Method::Random);
+            if needs_keep != n.keep.is_some() {
+                return Err(bad(format!(
+                    "network `{}`: `keep` is required for depthshrinker and random networks, and only for them",
+                    n.name
+                )));
+            }
+            if (n.method == Method::Width) != n.width.is_some() {
+                return Err(bad(format!(
+                    "network `{}`: `width` is required for width networks, and only for them",
+                    n.name
+                )));
+            }
+            if matches!(
+                n.method,
+                Method::BlockPruning | Method::ChannelPruning | Method::Ablation
+            ) {
+                return Err(bad(format!(
+                    "network `{}`: the {} method cannot be run by a study plan yet",
+                    n.name,
+                    n.method.label()
+                )));
+            }
+        }
+        Ok(plan)
     }
 }
 
