@@ -3,6 +3,9 @@
 //! This facade re-exports the workspace crates; each has one job:
 //! [`tensor`] (storage and kernels), [`autograd`] (tape), [`nn`] (layers, models,
 //! optimisers, checkpoints), [`data`] (datasets and loader), [`shrinker`] (the three stages).
+
+#![warn(missing_docs)]
+
 pub use depthshrink_autograd as autograd;
 pub use depthshrink_data as data;
 pub use depthshrink_nn as nn;

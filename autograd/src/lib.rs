@@ -7,6 +7,8 @@
 //! One file per op family, forward and backward side by side; each op's backward struct keeps
 //! the tensors it saved as fields. [`gradcheck`] compares every op against finite differences.
 
+#![warn(missing_docs)]
+
 mod tape;
 
 mod activation;

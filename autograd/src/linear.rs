@@ -4,6 +4,8 @@ use depthshrink_tensor::{Result, Tensor, gemm, reduce};
 
 use crate::{Backward, Var};
 
+/// Fully connected layer: `x` `[N, in]`, `w` `[out, in]` (PyTorch layout), `bias` `[out]`;
+/// returns `[N, out]`.
 pub fn linear(x: &Var, w: &Var, bias: Option<&Var>) -> Result<Var> {
     let y = gemm::linear_forward(x.value(), w.value(), bias.map(Var::value))?;
     let mut inputs = vec![x, w];

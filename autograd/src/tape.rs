@@ -11,6 +11,8 @@ pub struct VarId(usize);
 /// inputs (in the order they were recorded). `needs[i]` is false for inputs off the tape, whose
 /// gradient the op may skip computing (e.g. a conv's input gradient for the first layer).
 pub trait Backward: Send {
+    /// `dy` has the op's output shape; the result holds one entry per recorded input, `None`
+    /// where `needs` is false or the input gets no gradient.
     fn backward(&self, dy: &Tensor, needs: &[bool]) -> Result<Vec<Option<Tensor>>>;
 }
 
@@ -31,6 +33,7 @@ struct Inner {
 pub struct Tape(Arc<Mutex<Inner>>);
 
 impl Tape {
+    /// An empty tape.
     pub fn new() -> Tape {
         Tape::default()
     }
@@ -51,6 +54,7 @@ impl Tape {
         self.inner().nodes.len()
     }
 
+    /// True when no op has been recorded.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -80,22 +84,27 @@ impl Var {
         }
     }
 
+    /// The tensor this value holds.
     pub fn value(&self) -> &Tensor {
         &self.value
     }
 
+    /// The tensor, dropping the tape handle.
     pub fn into_value(self) -> Tensor {
         self.value
     }
 
+    /// The tensor's shape.
     pub fn shape(&self) -> &[usize] {
         self.value.shape()
     }
 
+    /// The value's index on its tape; `None` for a constant or an op result off any tape.
     pub fn id(&self) -> Option<VarId> {
         self.tracked.as_ref().map(|(_, id)| *id)
     }
 
+    /// True when the value is on a tape (a leaf, or computed from one).
     pub fn is_tracked(&self) -> bool {
         self.tracked.is_some()
     }

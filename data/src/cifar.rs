@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use crate::dataset::{Dataset, Image, Sample, check_index};
 use crate::error::{DataError, Result};
 
+/// Class names in label order, as in the set's `batches.meta.txt`.
 pub const CIFAR10_CLASSES: [&str; 10] = [
     "airplane",
     "automobile",
@@ -18,6 +19,7 @@ pub const CIFAR10_CLASSES: [&str; 10] = [
     "truck",
 ];
 
+/// The train split's batch files (10,000 records each).
 pub const TRAIN_FILES: [&str; 5] = [
     "data_batch_1.bin",
     "data_batch_2.bin",
@@ -25,6 +27,7 @@ pub const TRAIN_FILES: [&str; 5] = [
     "data_batch_4.bin",
     "data_batch_5.bin",
 ];
+/// The test split's batch file (10,000 records).
 pub const TEST_FILE: &str = "test_batch.bin";
 
 const SIDE: usize = 32;

@@ -40,10 +40,12 @@ impl Image {
         }
     }
 
+    /// Width in pixels.
     pub fn width(&self) -> usize {
         self.width
     }
 
+    /// Height in pixels.
     pub fn height(&self) -> usize {
         self.height
     }
@@ -53,10 +55,12 @@ impl Image {
         &self.data
     }
 
+    /// The HWC bytes, writable (the size stays fixed).
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.data
     }
 
+    /// The RGB value at column `x`, row `y`; panics outside the image.
     pub fn pixel(&self, x: usize, y: usize) -> [u8; 3] {
         let i = (y * self.width + x) * 3;
         [self.data[i], self.data[i + 1], self.data[i + 2]]
@@ -66,7 +70,9 @@ impl Image {
 /// One labelled image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sample {
+    /// The decoded image.
     pub image: Image,
+    /// Class index into [`Dataset::class_names`].
     pub label: usize,
 }
 
@@ -75,8 +81,10 @@ pub struct Sample {
 /// `get` may do I/O and decoding, so it returns `Result`; it must be callable from many threads
 /// at once, which is how the loader decodes in parallel.
 pub trait Dataset: Send + Sync {
+    /// Number of samples; valid indices are `0..len()`.
     fn len(&self) -> usize;
 
+    /// True when the set has no samples.
     fn is_empty(&self) -> bool {
         self.len() == 0
     }

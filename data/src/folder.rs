@@ -16,6 +16,8 @@ pub struct ImageFolder {
 }
 
 impl ImageFolder {
+    /// Lists the class folders and image files under `split_dir` (nothing is decoded); errors
+    /// when there are no class folders or one is empty.
     pub fn open(split_dir: &Path) -> Result<ImageFolder> {
         let classes = class_dirs(split_dir)?;
         if classes.is_empty() {

@@ -14,6 +14,7 @@ use crate::loader::{Loader, LoaderConfig};
 use crate::open::{Format, Splits};
 use crate::transform::{Transform, TransformConfig};
 
+/// What [`inspect`] scans and measures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InspectOptions {
     /// Decode at most this many evenly spaced images per split for sizes and statistics
@@ -21,7 +22,9 @@ pub struct InspectOptions {
     pub max_images: Option<usize>,
     /// Images to push through the training loader for `images_per_s` (0: don't measure).
     pub throughput_images: usize,
+    /// Batch size of the throughput measurement.
     pub batch_size: usize,
+    /// Loader seed of the throughput measurement.
     pub seed: u64,
 }
 
@@ -41,6 +44,7 @@ impl Default for InspectOptions {
 pub struct ImageSizes {
     /// Smallest width and smallest height (possibly of different images).
     pub min: (usize, usize),
+    /// Largest width and largest height.
     pub max: (usize, usize),
     /// The distinct sizes, smallest first, at most [`MAX_DISTINCT_SIZES`] of them.
     pub distinct: Vec<(usize, usize)>,
@@ -48,11 +52,15 @@ pub struct ImageSizes {
     pub distinct_count: usize,
 }
 
+/// How many distinct sizes an [`ImageSizes`] lists.
 pub const MAX_DISTINCT_SIZES: usize = 16;
 
+/// What [`inspect`] found in one split.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SplitReport {
+    /// `"train"`, `"test"` or `"val"`.
     pub name: String,
+    /// Number of samples.
     pub len: usize,
     /// Samples per class, indexed like the class names.
     pub counts: Vec<usize>,
@@ -60,8 +68,10 @@ pub struct SplitReport {
     pub scanned: usize,
     /// `None` when no scanned image decoded.
     pub sizes: Option<ImageSizes>,
-    /// Per-channel (RGB) pixel mean and standard deviation in [0, 1].
+    /// Per-channel (RGB) pixel mean over the scanned images, in [0, 1].
     pub mean: [f64; 3],
+    /// Per-channel (RGB) pixel standard deviation (population) over the scanned images, in
+    /// [0, 1].
     pub std: [f64; 3],
     /// Scanned images that could not be read or decoded, by index.
     pub bad: Vec<Unreadable>,
@@ -70,6 +80,7 @@ pub struct SplitReport {
 /// A scanned image that could not be read or decoded.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Unreadable {
+    /// The sample's index in its split.
     pub index: usize,
     /// The file, when the sample has one (class folders).
     pub path: Option<PathBuf>,
@@ -104,10 +115,14 @@ impl std::fmt::Display for Unreadable {
     }
 }
 
+/// What [`inspect`] found in a data set.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InspectReport {
+    /// The data set's layout.
     pub format: Format,
+    /// The directory it was opened from (`None` for the synthetic set).
     pub root: Option<PathBuf>,
+    /// Class names, in label order.
     pub classes: Vec<String>,
     /// Train first, then test or val.
     pub splits: Vec<SplitReport>,

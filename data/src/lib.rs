@@ -21,6 +21,8 @@
 //! # Ok::<(), DataError>(())
 //! ```
 
+#![warn(missing_docs)]
+
 mod cifar;
 mod dataset;
 mod error;

@@ -22,11 +22,13 @@ use crate::transform::{Chw, Transform};
 /// How batches are formed.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoaderConfig {
+    /// Samples per batch, ≥ 1.
     pub batch_size: usize,
     /// Reshuffle every epoch (from seed and epoch); off gives index order.
     pub shuffle: bool,
     /// Drop the final partial batch of each epoch.
     pub drop_last: bool,
+    /// Seeds the shuffle and the augmentation.
     pub seed: u64,
     /// Batches prepared ahead of the consumer (the bounded queue's capacity, ≥ 1).
     pub prefetch: usize,
@@ -55,7 +57,9 @@ impl LoaderConfig {
 /// A sample left out under `skip_bad`, with the reason (which names the file).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Skipped {
+    /// The sample's index in the data set.
     pub index: usize,
+    /// The error's message.
     pub reason: String,
 }
 
@@ -64,8 +68,11 @@ pub struct Skipped {
 pub struct Batch {
     /// Position of this batch in its epoch.
     pub position: usize,
+    /// The transformed images, `[N, 3, H, W]`.
     pub images: Tensor,
+    /// Class index of each image.
     pub labels: Vec<usize>,
+    /// Data-set index of each image.
     pub indices: Vec<usize>,
     /// Samples of this batch left out by `skip_bad` (plus those of any preceding batch that
     /// had no good sample at all, which is not yielded).
@@ -87,6 +94,7 @@ struct Shared {
 }
 
 impl Loader {
+    /// A loader over `dataset`; errors when `batch_size` or `prefetch` is 0.
     pub fn new(
         dataset: Arc<dyn Dataset>,
         transform: Transform,
@@ -111,10 +119,12 @@ impl Loader {
         })
     }
 
+    /// The configuration it was built with.
     pub fn config(&self) -> &LoaderConfig {
         &self.shared.config
     }
 
+    /// The data set it draws from.
     pub fn dataset(&self) -> &Arc<dyn Dataset> {
         &self.shared.dataset
     }

@@ -14,12 +14,16 @@ use serde::{Deserialize, Serialize};
 /// Which kind of data set a [`Splits`] came from (it decides the default transforms).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
+    /// CIFAR-10's binary batches ([`CifarBinary`](crate::CifarBinary)).
     CifarBinary,
+    /// `train/` and `test/` (or `val/`) class folders ([`ImageFolder`](crate::ImageFolder)).
     ImageFolder,
+    /// The built-in generated set ([`Synthetic`](crate::Synthetic)).
     Synthetic,
 }
 
 impl Format {
+    /// The name reports print: `cifar10-binary`, `image-folder` or `synthetic`.
     pub fn name(self) -> &'static str {
         match self {
             Format::CifarBinary => "cifar10-binary",
@@ -48,16 +52,20 @@ pub enum Augment {
 /// The train and evaluation splits of one data set, sharing class names.
 #[derive(Clone)]
 pub struct Splits {
+    /// The layout it was opened from.
     pub format: Format,
     /// The directory it was opened from (`None` for the synthetic set).
     pub root: Option<PathBuf>,
+    /// The training split.
     pub train: Arc<dyn Dataset>,
+    /// The evaluation split.
     pub test: Arc<dyn Dataset>,
     /// `"test"` or `"val"`: the evaluation split's folder name, for reports.
     pub test_name: &'static str,
 }
 
 impl Splits {
+    /// Class names, in label order (shared by both splits).
     pub fn class_names(&self) -> &[String] {
         self.train.class_names()
     }

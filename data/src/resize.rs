@@ -7,7 +7,9 @@ use crate::dataset::Image;
 /// what anti-aliases downscales. Bicubic uses Pillow's a = −0.5.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Interpolation {
+    /// Triangle filter, support 1.
     Bilinear,
+    /// Cubic convolution, support 2.
     Bicubic,
 }
 

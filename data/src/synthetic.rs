@@ -33,15 +33,19 @@ use crate::dataset::{Dataset, Image, Sample, check_index};
 use crate::error::Result;
 use crate::rng::{Purpose, keyed};
 
+/// Class names in label order.
 pub const SYNTHETIC_CLASSES: [&str; 10] = [
     "disc", "ring", "square", "triangle", "cross", "bar", "stripes", "checker", "dots", "bullseye",
 ];
+/// Images in the train split.
 pub const SYNTHETIC_TRAIN_LEN: usize = 5_000;
+/// Images in the test split.
 pub const SYNTHETIC_TEST_LEN: usize = 1_000;
 /// The seed used when none is given.
 pub const SYNTHETIC_SEED: u64 = 0;
 /// Per-channel mean and std of the default-seed train split in [0, 1], for normalisation.
 pub const SYNTHETIC_MEAN: [f32; 3] = [0.503, 0.505, 0.505];
+/// Per-channel standard deviation of the same split, for normalisation.
 pub const SYNTHETIC_STD: [f32; 3] = [0.285, 0.287, 0.288];
 
 const SIDE: usize = 32;
@@ -55,10 +59,12 @@ pub struct Synthetic {
 }
 
 impl Synthetic {
+    /// The train split of `seed`.
     pub fn train(seed: u64) -> Synthetic {
         Synthetic::new(seed, Purpose::SyntheticTrain, SYNTHETIC_TRAIN_LEN)
     }
 
+    /// The test split of `seed`, disjoint from its train split.
     pub fn test(seed: u64) -> Synthetic {
         Synthetic::new(seed, Purpose::SyntheticTest, SYNTHETIC_TEST_LEN)
     }

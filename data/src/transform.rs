@@ -20,16 +20,22 @@ use crate::synthetic::{SYNTHETIC_MEAN, SYNTHETIC_STD};
 /// Per-pixel statistics of the CIFAR-10 train set in [0, 1] (not the per-image-mean figures
 /// some repositories use).
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
+/// Per-pixel standard deviation of the CIFAR-10 train set in [0, 1].
 pub const CIFAR10_STD: [f32; 3] = [0.2470, 0.2435, 0.2616];
+/// torchvision's ImageNet normalisation mean in [0, 1].
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// torchvision's ImageNet normalisation standard deviation in [0, 1].
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// torchvision's `RandomResizedCrop`: a random box of `scale` × area and aspect `ratio`,
 /// resized to `size × size`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RandomResizedCrop {
+    /// Output side in pixels.
     pub size: usize,
+    /// Range of the box's area as a fraction of the image's, within (0, 1].
     pub scale: (f64, f64),
+    /// Range of the box's aspect ratio (width / height), sampled log-uniformly.
     pub ratio: (f64, f64),
 }
 
@@ -47,15 +53,20 @@ impl RandomResizedCrop {
 /// torchvision's `RandomCrop(size, padding)` with zero padding.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RandomCrop {
+    /// Output side in pixels.
     pub size: usize,
+    /// Zero border added on each side before cropping, in pixels.
     pub padding: usize,
 }
 
 /// torchvision's `RandomErasing` with value 0, applied to the normalised tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RandomErasing {
+    /// Probability that an image gets a box erased.
     pub p: f64,
+    /// Range of the box's area as a fraction of the image's.
     pub scale: (f64, f64),
+    /// Range of the box's aspect ratio (height / width), sampled log-uniformly.
     pub ratio: (f64, f64),
 }
 
@@ -72,17 +83,23 @@ impl Default for RandomErasing {
 /// Which stages run, in the fixed order given in the module docs.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TransformConfig {
+    /// First stage: a random box resized to a square.
     pub random_resized_crop: Option<RandomResizedCrop>,
     /// Resize so the shorter side has this many pixels (aspect kept, longer side truncated).
     pub resize_shorter: Option<usize>,
     /// Centre crop to a square of this side, zero-padding images that are smaller.
     pub center_crop: Option<usize>,
+    /// A zero-padded random crop.
     pub random_crop: Option<RandomCrop>,
     /// Probability of a horizontal flip (0 disables it and draws no random number).
     pub hflip: f64,
+    /// Filter of the random-resized crop and of `resize_shorter`.
     pub interpolation: Interpolation,
+    /// Per-channel (RGB) mean subtracted, in [0, 1] pixel units.
     pub mean: [f32; 3],
+    /// Per-channel (RGB) standard deviation divided by, in [0, 1] pixel units; > 0.
     pub std: [f32; 3],
+    /// Last stage, on the normalised image.
     pub random_erasing: Option<RandomErasing>,
 }
 
@@ -114,6 +131,7 @@ impl TransformConfig {
         }
     }
 
+    /// Normalisation with CIFAR-10's statistics.
     pub fn cifar_eval() -> TransformConfig {
         TransformConfig::normalize(CIFAR10_MEAN, CIFAR10_STD)
     }
@@ -145,6 +163,7 @@ impl TransformConfig {
         }
     }
 
+    /// Normalisation with the synthetic set's statistics.
     pub fn synthetic_eval() -> TransformConfig {
         TransformConfig::normalize(SYNTHETIC_MEAN, SYNTHETIC_STD)
     }
@@ -183,17 +202,24 @@ impl TransformConfig {
 /// A normalised image, planar CHW with three channels.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chw {
+    /// Height in pixels.
     pub height: usize,
+    /// Width in pixels.
     pub width: usize,
+    /// `[3, height, width]`, row-major.
     pub data: Vec<f32>,
 }
 
 /// A crop rectangle in source pixels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CropBox {
+    /// First row.
     pub top: usize,
+    /// First column.
     pub left: usize,
+    /// Rows.
     pub height: usize,
+    /// Columns.
     pub width: usize,
 }
 
@@ -207,6 +233,7 @@ pub struct Transform {
 }
 
 impl Transform {
+    /// Validates `config` (positive sizes, probabilities in [0, 1], std > 0, ordered ranges).
     pub fn new(config: TransformConfig) -> Result<Transform> {
         config.validate()?;
         let lut = std::array::from_fn(|c| {
@@ -215,6 +242,7 @@ impl Transform {
         Ok(Transform { config, lut })
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &TransformConfig {
         &self.config
     }

@@ -10,11 +10,14 @@ use crate::module::{Ctx, Param};
 /// 1..=B, head B+1); an inverted-residual block's two sites share their block's index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Act {
+    /// min(max(x, 0), 6).
     Relu6,
+    /// The input unchanged (a removed activation).
     Identity,
     /// ReLU6 or identity as this step's [`Gates`] decide for `index`, with the
     /// straight-through gradient to the gate.
     Gated {
+        /// The site's activation index.
         index: usize,
     },
 }
@@ -22,11 +25,14 @@ pub enum Act {
 /// The search stage's state for one forward pass: one gate per activation index and the hard
 /// decision of this iteration (`removed[i]`: site i runs as identity).
 pub struct Gates {
+    /// One one-element gate per activation index, on the step's tape.
     pub vars: Vec<Var>,
+    /// Per activation index: true when its sites run as identity this iteration.
     pub removed: Vec<bool>,
 }
 
 impl Act {
+    /// Applies the activation to `x`; [`Act::Gated`] errors when `ctx` carries no gates.
     pub fn apply(self, x: &Var, ctx: &Ctx) -> Result<Var> {
         match self {
             Act::Relu6 => ops::relu6(x),
@@ -50,7 +56,9 @@ impl Act {
 /// the optimiser, checkpoints and exact resume treat the scores like any weight.
 #[derive(Clone, Debug)]
 pub struct SearchGates {
+    /// One score per activation index, shape `[num_acts]`; smaller scores are kept first.
     pub scores: Param,
+    /// Per activation index: false for indices that are always kept.
     pub searchable: Vec<bool>,
     /// Activation indices kept per iteration (searchable or not).
     pub keep: usize,

@@ -8,16 +8,21 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Family {
+    /// MobileNetV2 (Sandler et al. 2018), any width multiplier.
     MobilenetV2,
+    /// EfficientNet-Lite0: MobileNetV2-style blocks with 3×3 and 5×5 depthwise kernels, no
+    /// squeeze-excitation, ReLU6.
     EfficientnetLite0,
 }
 
 /// Everything needed to build a network; stored in checkpoint metadata.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ArchConfig {
+    /// The network family.
     pub family: Family,
     /// Channel width multiplier (MobileNetV2 only; EfficientNet-Lite0 is fixed at 1.0).
     pub width: f32,
+    /// Classifier outputs.
     pub num_classes: usize,
     /// 32×32 layout: stem stride 1 and the first stride-2 stage at stride 1.
     pub cifar: bool,
@@ -36,6 +41,7 @@ impl std::fmt::Display for ArchConfig {
 }
 
 impl ArchConfig {
+    /// MobileNetV2 at width multiplier `width`.
     pub fn mobilenet_v2(width: f32, num_classes: usize, cifar: bool) -> Self {
         ArchConfig {
             family: Family::MobilenetV2,
@@ -45,6 +51,7 @@ impl ArchConfig {
         }
     }
 
+    /// EfficientNet-Lite0 (width 1.0).
     pub fn efficientnet_lite0(num_classes: usize, cifar: bool) -> Self {
         ArchConfig {
             family: Family::EfficientnetLite0,
@@ -145,10 +152,15 @@ pub fn make_divisible(v: f32) -> usize {
 pub struct BlockSpec {
     /// False for the DS block (t = 1): dw → BN → act → pw → BN, no expansion conv.
     pub expand: bool,
+    /// Input channels.
     pub cin: usize,
+    /// Expanded channels (depthwise conv width): `cin · t`.
     pub hidden: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Depthwise kernel size (3 or 5).
     pub k: usize,
+    /// Depthwise stride (1 or 2).
     pub stride: usize,
 }
 
@@ -167,10 +179,15 @@ impl BlockSpec {
 /// Stem, blocks, head and classifier of a network.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NetSpec {
+    /// Output channels of the 3×3 stem conv.
     pub stem: usize,
+    /// Stride of the stem conv (1 in the CIFAR layout, else 2).
     pub stem_stride: usize,
+    /// The blocks in order; block `i` has activation index `i + 1`.
     pub blocks: Vec<BlockSpec>,
+    /// Output channels of the 1×1 head conv before pooling.
     pub head: usize,
+    /// Classifier outputs.
     pub num_classes: usize,
 }
 

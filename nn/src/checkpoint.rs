@@ -47,61 +47,109 @@ pub enum StorageDtype {
 /// Everything that can go wrong reading or writing a checkpoint; every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
+    /// The file could not be read.
     #[error("cannot read checkpoint {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
+    Read {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The file (or its temporary sibling) could not be written, synced or renamed.
     #[error("cannot write checkpoint {path}: {source}")]
-    Write { path: PathBuf, source: io::Error },
+    Write {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// The bytes are not a safetensors file.
     #[error("{path} is not a valid safetensors file (corrupt or truncated?): {source}")]
     Format {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The parser's error.
         source: SafeTensorError,
     },
+    /// safetensors refused to serialise the tensors.
     #[error("cannot encode checkpoint {path}: {source}")]
     Encode {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The serialiser's error.
         source: SafeTensorError,
     },
+    /// The [`METADATA_KEY`] entry is not valid JSON.
     #[error(
         "checkpoint {path}: metadata `{}` is not valid JSON: {source}",
         METADATA_KEY
     )]
     Metadata {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The JSON parser's error.
         source: serde_json::Error,
     },
+    /// A tensor's element type is neither a float type nor a BatchNorm step counter.
     #[error(
         "checkpoint {path}: tensor `{name}` has unsupported dtype {dtype:?} (F32, F16 and BF16 \
          are supported; I64/I32 only for `{}` counters)",
         COUNTER_NAME
     )]
     UnsupportedDtype {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The element type found.
         dtype: Dtype,
     },
+    /// The metadata does not describe a network that can be built.
     #[error("checkpoint {path}: {detail}")]
-    Architecture { path: PathBuf, detail: String },
-    #[error("checkpoint {path}: tensor `{name}` {detail}")]
-    BadValue {
+    Architecture {
+        /// The checkpoint file.
         path: PathBuf,
-        name: String,
+        /// What is wrong, as a sentence fragment.
         detail: String,
     },
+    /// A tensor holds a non-finite value, or a running variance is negative.
+    #[error("checkpoint {path}: tensor `{name}` {detail}")]
+    BadValue {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+        /// Which value, and where.
+        detail: String,
+    },
+    /// Saving was asked to write two tensors under one name.
     #[error("checkpoint {path}: tensor name `{name}` appears twice")]
-    DuplicateName { path: PathBuf, name: String },
+    DuplicateName {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The tensor's name.
+        name: String,
+    },
+    /// A tensor has values the storage type cannot represent (e.g. beyond ±65504 in f16).
     #[error("checkpoint {path}: tensor `{name}` has values outside the {dtype:?} range")]
     OutOfRange {
+        /// The checkpoint file.
         path: PathBuf,
+        /// The tensor's name.
         name: String,
+        /// The storage type asked for.
         dtype: StorageDtype,
     },
+    /// The file's tensors do not match the module's.
     #[error(
         "checkpoint {path} does not match the model, {} problem(s):{}",
         .problems.len(),
         .problems.iter().map(|p| format!("\n  {p}")).collect::<String>()
     )]
     Mismatch {
+        /// The checkpoint file.
         path: PathBuf,
+        /// Every disagreement, in module order, then the unexpected file tensors.
         problems: Vec<Mismatch>,
     },
 }
@@ -115,8 +163,11 @@ pub enum Mismatch {
     Unexpected(String),
     /// Both have it, with different shapes.
     Shape {
+        /// The tensor's name.
         name: String,
+        /// Its shape in the file.
         file: Vec<usize>,
+        /// Its shape in the module.
         model: Vec<usize>,
     },
 }

@@ -19,19 +19,29 @@ pub struct KeepList(Vec<bool>);
 /// Why a keep list could not be read or does not fit a network.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum KeepError {
+    /// The argument names a file (a path, or a `.json`/`.toml` name) that does not exist.
     #[error("{0} does not exist")]
     Missing(PathBuf),
+    /// The path exists but is not a regular file (e.g. a directory).
     #[error("{0} is not a file")]
     NotAFile(PathBuf),
+    /// The file could not be read: the path and the I/O error's text.
     #[error("cannot read {path}: {detail}", path = .0.display(), detail = .1)]
     Read(PathBuf, String),
     /// A malformed list or file; the text says what is wrong.
     #[error("{0}")]
     Invalid(String),
+    /// `FILE:N`: the search output holds no list keeping N activations.
     #[error("{file} has no keep list keeping {kept} activations", file = .0.display(), kept = .1)]
     NoCount(PathBuf, usize),
+    /// The list's length differs from the network's number of activation indices.
     #[error("{len} entries for a network with {expected} activations")]
-    Length { len: usize, expected: usize },
+    Length {
+        /// Entries in the list.
+        len: usize,
+        /// The network's [`num_acts`](crate::network::Network::num_acts).
+        expected: usize,
+    },
 }
 
 impl KeepList {

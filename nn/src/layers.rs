@@ -27,8 +27,11 @@ pub fn normal(rng: &mut impl Rng, shape: &[usize], std: f32) -> Tensor {
 /// A square-kernel convolution; weight `[cout, cin/groups, k, k]`.
 #[derive(Clone)]
 pub struct Conv2d {
+    /// `[cout, cin/groups, k, k]`.
     pub weight: Param,
+    /// `[cout]`, if the conv has one.
     pub bias: Option<Param>,
+    /// Stride, zero padding and groups.
     pub params: ConvParams,
     /// The weight's GEMM packing, made by [`Conv2d::prepack`] for inference; used only while
     /// it still packs `weight` (a write to the weight copies it, which retires the packing).
@@ -55,6 +58,7 @@ impl Conv2d {
         Conv2d::from_parts(Param::new(weight, true), bias, params)
     }
 
+    /// A conv with the given weights (no packing yet).
     pub fn from_parts(weight: Param, bias: Option<Param>, params: ConvParams) -> Conv2d {
         Conv2d {
             weight,
@@ -70,6 +74,7 @@ impl Conv2d {
         self.packed = PackedWeight::new(&self.weight.value, self.params.groups);
     }
 
+    /// The conv on `x` `[N, cin, H, W]`.
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
         self.forward_act(x, ctx, Act::Identity)
     }
@@ -96,6 +101,7 @@ impl Conv2d {
         if relu6 { Ok(y) } else { act.apply(&y, ctx) }
     }
 
+    /// The kernel's side `k`, read from the weight.
     pub fn kernel_size(&self) -> usize {
         self.weight.value.shape()[2]
     }
@@ -113,15 +119,22 @@ impl Module for Conv2d {
 /// Batch normalisation over the channels of NCHW maps (PyTorch defaults: momentum 0.1, eps 1e-5).
 #[derive(Clone)]
 pub struct BatchNorm2d {
+    /// Scale γ, `[C]`.
     pub weight: Param,
+    /// Shift β, `[C]`.
     pub bias: Param,
+    /// Running mean μ, `[C]`, used in evaluation.
     pub running_mean: Tensor,
+    /// Running (unbiased) variance σ², `[C]`, used in evaluation.
     pub running_var: Tensor,
+    /// `running = (1 − momentum)·running + momentum·batch`.
     pub momentum: f32,
+    /// Added to the variance inside the square root.
     pub eps: f32,
 }
 
 impl BatchNorm2d {
+    /// `c` channels: γ = 1, β = 0, running mean 0 and variance 1.
     pub fn new(c: usize) -> BatchNorm2d {
         BatchNorm2d {
             weight: Param::new(Tensor::full(&[c], 1.0), false),
@@ -198,11 +211,14 @@ impl Module for BatchNorm2d {
 /// y = x·Wᵀ + b with W `[out, in]`; initialised N(0, 0.01²) as torchvision's classifier.
 #[derive(Clone)]
 pub struct Linear {
+    /// `[out, in]`.
     pub weight: Param,
+    /// `[out]`.
     pub bias: Param,
 }
 
 impl Linear {
+    /// `inputs` → `outputs` features; the bias starts at 0.
     pub fn new(rng: &mut impl Rng, inputs: usize, outputs: usize) -> Linear {
         Linear {
             weight: Param::new(normal(rng, &[outputs, inputs], 0.01), true),
@@ -210,6 +226,7 @@ impl Linear {
         }
     }
 
+    /// `x` `[N, in]` → `[N, out]`.
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
         let (w, b) = (self.weight.bind(ctx), self.bias.bind(ctx));
         ops::linear(x, &w, Some(&b))
@@ -227,7 +244,9 @@ impl Module for Linear {
 /// `names` are the two children's local names (torchvision uses "0"/"1" or e.g. "2"/"3").
 #[derive(Clone)]
 pub struct ConvBn {
+    /// The bias-free conv (with a bias once [`ConvBn::fold`] has run).
     pub conv: Conv2d,
+    /// The batch norm over the conv's output channels.
     pub bn: BatchNorm2d,
     names: [&'static str; 2],
     /// The BN has been folded into the conv's weight and bias (inference only).
@@ -235,6 +254,7 @@ pub struct ConvBn {
 }
 
 impl ConvBn {
+    /// A `k`×`k` conv `cin` → `cout` (initialised as [`Conv2d::new`]) and a fresh BN.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         rng: &mut impl Rng,
@@ -262,6 +282,7 @@ impl ConvBn {
         }
     }
 
+    /// Conv, then BN (unless folded).
     pub fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
         self.forward_act(x, ctx, Act::Identity)
     }

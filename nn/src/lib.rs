@@ -1,4 +1,10 @@
-//! Layers, models, losses, optimisers and checkpoints.
+//! Layers, models, losses, optimisers and checkpoints: modules with named parameters
+//! ([`module`]), layers ([`layers`]), per-site activations and the search's gates
+//! ([`activation`]), MobileNetV2 and EfficientNet-Lite0 as one [`network::Network`] described
+//! by [`arch`], keep lists ([`keep`]), [`loss`], [`optim`], learning-rate [`schedule`]s and
+//! safetensors [`checkpoint`]s with PyTorch's parameter names.
+
+#![warn(missing_docs)]
 
 pub mod activation;
 pub mod arch;

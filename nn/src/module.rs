@@ -13,7 +13,10 @@ use crate::activation::Gates;
 /// A trainable tensor, its gradient after a backward pass, and whether weight decay applies.
 #[derive(Clone, Debug)]
 pub struct Param {
+    /// The current value.
     pub value: Tensor,
+    /// The gradient from the last backward pass ([`collect_grads`]), same shape as `value`;
+    /// `None` before one, after `zero_grad`, or when the loss did not depend on it.
     pub grad: Option<Tensor>,
     /// False for BN affine parameters and biases (the no-decay group).
     pub decay: bool,
@@ -21,6 +24,7 @@ pub struct Param {
 }
 
 impl Param {
+    /// A parameter with no gradient yet.
     pub fn new(value: Tensor, decay: bool) -> Param {
         Param {
             value,
@@ -45,6 +49,7 @@ impl Param {
 
 /// Whether a forward pass trains (batch statistics, dropout, a tape) or evaluates.
 pub struct Ctx {
+    /// True in training mode (batch statistics, dropout).
     pub train: bool,
     tape: Option<Tape>,
     /// Seed of this step's dropout masks.
@@ -84,6 +89,7 @@ impl Ctx {
         }
     }
 
+    /// The tape parameters are bound on; `None` in evaluation and [`Ctx::train_no_grad`].
     pub fn tape(&self) -> Option<&Tape> {
         self.tape.as_ref()
     }
@@ -91,6 +97,7 @@ impl Ctx {
 
 /// Mutable access to one named tensor of a module.
 pub enum Entry<'a> {
+    /// A trainable parameter.
     Param(&'a mut Param),
     /// Non-trainable state saved in checkpoints (BN running statistics).
     Buffer(&'a mut Tensor),

@@ -22,7 +22,7 @@ use crate::module::{Ctx, Entry, Module, join};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Variant {
     /// Per activation index (stem, blocks, head): true = ReLU6 kept. Stored as `true`/`false`
-    /// (the checkpoint format since the first release).
+    /// (not 0/1) in checkpoint metadata, the form every existing checkpoint holds.
     #[serde(with = "crate::keep::as_bools")]
     pub keep: KeepList,
     /// Per block: merged into one dense conv.
@@ -32,9 +32,13 @@ pub struct Variant {
 /// An inverted-residual block (`expand == None`: the depthwise-separable first block).
 #[derive(Clone)]
 pub struct InvertedResidual {
+    /// Channels, kernel size and stride.
     pub spec: BlockSpec,
+    /// 1×1 expansion conv `cin` → `hidden`.
     pub expand: Option<ConvBn>,
+    /// `k`×`k` depthwise conv on `hidden` channels, carrying the block's stride.
     pub dw: ConvBn,
+    /// 1×1 linear projection `hidden` → `cout` (no activation after it).
     pub project: ConvBn,
     /// The activation at both sites (after expand and after the depthwise conv).
     pub act: Act,
@@ -150,7 +154,10 @@ impl Module for InvertedResidual {
 /// output ReLU6 when it had one.
 #[derive(Clone)]
 pub struct MergedBlock {
+    /// The dense `k`×`k` conv `cin` → `cout` with the block's stride (and its skip, if any,
+    /// folded into the weights).
     pub conv: Conv2d,
+    /// A ReLU6 follows the conv.
     pub relu6: bool,
 }
 
@@ -164,7 +171,9 @@ impl Module for MergedBlock {
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 pub enum Block {
+    /// The block as trained: expand, depthwise, project (and skip).
     Ir(InvertedResidual),
+    /// The block after the merge stage: one conv.
     Merged(MergedBlock),
 }
 
@@ -184,13 +193,21 @@ impl Block {
 /// MobileNetV2 or EfficientNet-Lite0, per its [`ArchConfig`].
 #[derive(Clone)]
 pub struct Network {
+    /// What the network was built from.
     pub arch: ArchConfig,
+    /// The block-level description `arch` expands to.
     pub spec: NetSpec,
+    /// 3×3 conv, 3 → `spec.stem` channels (activation index 0).
     pub stem: ConvBn,
+    /// The activation after the stem.
     pub stem_act: Act,
+    /// The blocks in order (block `i` has activation index `i + 1`).
     pub blocks: Vec<Block>,
+    /// 1×1 conv to `spec.head` channels before pooling (activation index `blocks.len() + 1`).
     pub head: ConvBn,
+    /// The activation after the head conv.
     pub head_act: Act,
+    /// The linear layer `spec.head` → `num_classes`.
     pub classifier: Linear,
     /// Dropout probability before the classifier (torchvision: 0.2).
     pub dropout: f32,

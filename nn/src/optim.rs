@@ -22,30 +22,50 @@ use crate::module::{Entry, Module, Param};
 /// Errors from building an optimiser, stepping it, or restoring its state.
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum OptimError {
+    /// A hyper-parameter out of range; the text names it.
     #[error("invalid optimiser setting: {0}")]
     Config(String),
+    /// The learning rate passed to [`Optimizer::step`] is negative or not finite.
     #[error("learning rate must be finite and non-negative, got {0}")]
     LearningRate(f32),
+    /// A parameter's gradient has another shape than its value.
     #[error("parameter `{name}`: gradient shape {grad:?} differs from value shape {value:?}")]
     GradShape {
+        /// The parameter's name.
         name: String,
+        /// The value's shape.
         value: Vec<usize>,
+        /// The gradient's shape.
         grad: Vec<usize>,
     },
+    /// A state buffer does not have its parameter's shape.
     #[error("optimiser state `{entry}` has shape {got:?}, expected {expected:?}")]
     StateShape {
+        /// The state entry's name (`<buffer>.<parameter name>`).
         entry: String,
+        /// The parameter's shape.
         expected: Vec<usize>,
+        /// The buffer's shape.
         got: Vec<usize>,
     },
+    /// [`Optimizer::load_state`]: an entry the optimiser needs is absent.
     #[error("optimiser state entry `{0}` is missing")]
     MissingEntry(String),
+    /// [`Optimizer::load_state`]: an entry this optimiser does not keep.
     #[error("optimiser state entry `{0}` is not used by this optimiser")]
     UnknownEntry(String),
+    /// [`Optimizer::load_state`]: two entries with one name.
     #[error("optimiser state entry `{0}` appears twice")]
     DuplicateEntry(String),
+    /// [`Optimizer::load_state`]: an entry with an unusable value (e.g. a step count that is
+    /// not a non-negative integer).
     #[error("optimiser state entry `{entry}`: {detail}")]
-    InvalidEntry { entry: String, detail: String },
+    InvalidEntry {
+        /// The entry's name.
+        entry: String,
+        /// What is wrong with it.
+        detail: String,
+    },
 }
 
 /// An optimiser driven by an external learning-rate schedule.
@@ -75,12 +95,15 @@ pub trait Optimizer: Send {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "optimizer", rename_all = "snake_case")]
 pub enum OptimizerConfig {
+    /// [`Sgd`].
     Sgd(SgdConfig),
+    /// [`AdamW`].
     #[serde(rename = "adamw")]
     AdamW(AdamWConfig),
 }
 
 impl OptimizerConfig {
+    /// The optimiser, with empty state; errors on out-of-range hyper-parameters.
     pub fn build(&self) -> Result<Box<dyn Optimizer>, OptimError> {
         Ok(match self {
             OptimizerConfig::Sgd(c) => Box::new(Sgd::new(c.clone())?),
@@ -93,7 +116,9 @@ impl OptimizerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SgdConfig {
+    /// Momentum factor in [0, 1); 0 disables the buffer.
     pub momentum: f64,
+    /// Nesterov momentum (needs `momentum > 0`).
     #[serde(default)]
     pub nesterov: bool,
     /// L2 penalty added to the gradient of parameters with `decay == true`.
@@ -107,8 +132,11 @@ pub struct SgdConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdamWConfig {
+    /// Decay rates of the first and second moment averages, each in [0, 1); default
+    /// `[0.9, 0.999]`.
     #[serde(default = "default_betas")]
     pub betas: [f64; 2],
+    /// Added to the denominator's square root; default 1e-8.
     #[serde(default = "default_eps")]
     pub eps: f64,
     /// Decoupled decay (`p ← p·(1 − lr·wd)`) of parameters with `decay == true`.
@@ -177,6 +205,7 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// An optimiser with no state; errors on out-of-range hyper-parameters.
     pub fn new(config: SgdConfig) -> Result<Sgd, OptimError> {
         // As PyTorch's buffer update: a factor of 1 or more lets the buffer grow without bound.
         if !(0.0..1.0).contains(&config.momentum) {
@@ -290,6 +319,7 @@ struct AdamState {
 }
 
 impl AdamW {
+    /// An optimiser with no state; errors on out-of-range hyper-parameters.
     pub fn new(config: AdamWConfig) -> Result<AdamW, OptimError> {
         for (i, &beta) in config.betas.iter().enumerate() {
             if !(0.0..1.0).contains(&beta) {

@@ -27,42 +27,61 @@ use thiserror::Error;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "schedule", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ScheduleConfig {
+    /// Cosine decay from `lr` to `min_lr` over the run.
     Cosine {
+        /// Peak learning rate.
         lr: f64,
+        /// The rate at the end of the run, in [0, `lr`]; default 0.
         #[serde(default)]
         min_lr: f64,
+        /// Warm-up length in epochs (fractions allowed), at most `epochs`; default 0.
         #[serde(default)]
         warmup_epochs: f64,
+        /// The rate the linear warm-up starts from; default 0.
         #[serde(default)]
         warmup_lr: f64,
     },
     /// Multiply by `gamma` every `step_epochs` epochs.
     Step {
+        /// Peak learning rate.
         lr: f64,
+        /// Epochs between decays, at least 1.
         step_epochs: usize,
+        /// Decay factor, positive; default 0.1.
         #[serde(default = "default_gamma")]
         gamma: f64,
+        /// Warm-up length in epochs (fractions allowed), at most `epochs`; default 0.
         #[serde(default)]
         warmup_epochs: f64,
+        /// The rate the linear warm-up starts from; default 0.
         #[serde(default)]
         warmup_lr: f64,
     },
     /// Multiply by `gamma` at each milestone epoch.
     #[serde(rename = "multistep")]
     MultiStep {
+        /// Peak learning rate.
         lr: f64,
+        /// Epochs at which the rate decays, strictly increasing.
         milestones: Vec<usize>,
+        /// Decay factor, positive; default 0.1.
         #[serde(default = "default_gamma")]
         gamma: f64,
+        /// Warm-up length in epochs (fractions allowed), at most `epochs`; default 0.
         #[serde(default)]
         warmup_epochs: f64,
+        /// The rate the linear warm-up starts from; default 0.
         #[serde(default)]
         warmup_lr: f64,
     },
+    /// `lr` throughout (after the warm-up).
     Constant {
+        /// Peak learning rate.
         lr: f64,
+        /// Warm-up length in epochs (fractions allowed), at most `epochs`; default 0.
         #[serde(default)]
         warmup_epochs: f64,
+        /// The rate the linear warm-up starts from; default 0.
         #[serde(default)]
         warmup_lr: f64,
     },
@@ -73,6 +92,7 @@ fn default_gamma() -> f64 {
     0.1
 }
 
+/// A schedule that cannot be built; the text names the offending field.
 #[derive(Debug, Error, Clone, PartialEq)]
 #[error("invalid learning-rate schedule: {0}")]
 pub struct ScheduleError(String);
@@ -247,10 +267,12 @@ impl LrSchedule {
         lr as f32
     }
 
+    /// Warm-up length in iterations: ⌊`warmup_epochs` · `iters_per_epoch`⌋.
     pub fn warmup_iters(&self) -> usize {
         self.warmup_iters
     }
 
+    /// Iterations in the run: `epochs` · `iters_per_epoch`.
     pub fn total_iters(&self) -> usize {
         self.total_iters
     }

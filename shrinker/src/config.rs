@@ -19,10 +19,12 @@ use crate::train::TrainError;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TrainConfig {
+    /// Training epochs, ≥ 1.
     pub epochs: usize,
     /// Seeds the initial weights, the data order and augmentation, and dropout.
     #[serde(default)]
     pub seed: u64,
+    /// Label smoothing ε of the cross-entropy, in [0, 1); default 0.
     #[serde(default)]
     pub label_smoothing: f64,
     /// Global gradient-norm clip (PyTorch `clip_grad_norm_`); absent = no clipping.
@@ -38,9 +40,13 @@ pub struct TrainConfig {
     /// epoch ends).
     #[serde(default)]
     pub checkpoint_every: usize,
+    /// `[model]`: the network.
     pub model: ModelConfig,
+    /// `[data]`: the data set and its batching.
     pub data: DataConfig,
+    /// `[optim]`: the optimiser and its hyper-parameters.
     pub optim: OptimizerConfig,
+    /// `[lr]`: the learning-rate schedule.
     pub lr: ScheduleConfig,
     /// Stage 1 (`depthshrink search`): keep ratio, latency term, logging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +64,7 @@ fn one() -> usize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
+    /// Network family; default MobileNetV2.
     #[serde(default = "default_family")]
     pub family: Family,
     /// Channel width multiplier (MobileNetV2).
@@ -85,6 +92,8 @@ fn default_dropout() -> f64 {
 }
 
 impl ModelConfig {
+    /// The architecture to build; `num_classes` (the data set's) applies when the config gives
+    /// none.
     pub fn arch(&self, num_classes: usize) -> ArchConfig {
         let classes = self.num_classes.unwrap_or(num_classes);
         match self.family {
@@ -102,6 +111,7 @@ pub struct DataConfig {
     /// absent = the built-in synthetic set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
+    /// Training batch size, ≥ 1.
     pub batch_size: usize,
     /// Evaluation batch size (absent = `batch_size`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -109,6 +119,7 @@ pub struct DataConfig {
     /// Keep decoded images in memory.
     #[serde(default)]
     pub cache: bool,
+    /// Augmentation preset.
     #[serde(default)]
     pub augment: Augment,
     /// Input resolution of the ImageNet-style transforms.
@@ -123,9 +134,10 @@ pub struct DataConfig {
     /// Batches prepared ahead of the training loop.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
-    /// Use only the first N training / test images (quick experiments and tests).
+    /// Use only the first N training images (quick experiments and tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_train: Option<usize>,
+    /// Use only the first N test images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_test: Option<usize>,
 }
@@ -298,6 +310,7 @@ pub struct SearchConfig {
     /// not depend on the batch size or the speed of the machine. 0 = no latency term.
     #[serde(default = "default_latency_weight")]
     pub latency_weight: f64,
+    /// Which way the latency term pushes the scores.
     #[serde(default)]
     pub latency_sign: LatencySign,
     /// Activation indices the search may remove (absent = all); the others are always kept.
@@ -342,6 +355,7 @@ pub enum LatencySign {
 }
 
 impl SearchConfig {
+    /// Checks the value ranges; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         if !(self.keep_ratio > 0.0 && self.keep_ratio <= 1.0) {
             return Err(format!(
@@ -413,6 +427,7 @@ impl Default for DistillConfig {
 }
 
 impl DistillConfig {
+    /// Checks the value ranges; the message names the key.
     pub fn validate(&self) -> Result<(), String> {
         if !(0.0..=1.0).contains(&self.alpha) {
             return Err(format!(

@@ -15,10 +15,13 @@ use crate::train::TrainError;
 /// name the argument that gave it.
 #[derive(Debug, Error)]
 pub enum StageError {
+    /// The trainer failed (configuration, data, checkpoint, non-finite loss, …).
     #[error(transparent)]
     Train(#[from] TrainError),
+    /// A tensor operation failed (shapes, arguments).
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    /// A checkpoint could not be read, written or loaded into the network.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     /// A `[search]` or `[distill]` setting the network cannot use.
@@ -37,10 +40,16 @@ pub enum StageError {
     #[error(
         "the merged network differs from the unmerged one (relative error {max_rel:.2e} > {MERGE_TOLERANCE:e})"
     )]
-    MergeMismatch { max_rel: f32 },
+    MergeMismatch {
+        /// The relative error measured ([`Deviation::max_rel`](crate::merge::Deviation::max_rel)).
+        max_rel: f32,
+    },
+    /// An output file or directory could not be written.
     #[error("cannot write {}: {source}", path.display())]
     Write {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
 }

@@ -26,8 +26,8 @@ pub fn student(pretrained: &Network, keep: &[bool]) -> depthshrink_tensor::Resul
     Ok(net)
 }
 
-/// Distillation: α·T²·softCE(student/T, teacher/T) + (1 − α)·CE(student, labels), the teacher
-/// in evaluation mode (BN folded, running statistics).
+/// Distillation ([`distillation`]): α·T²·KL(teacher/T ‖ student/T) + (1 − α)·CE(student,
+/// labels), the teacher in evaluation mode (BN folded, running statistics).
 pub struct Distill {
     teacher: Network,
     alpha: f32,
@@ -36,6 +36,8 @@ pub struct Distill {
 }
 
 impl Distill {
+    /// Distils from `teacher` (copied for inference) with `config`'s α and T; `smoothing` is
+    /// the label smoothing of the hard term.
     pub fn new(
         teacher: &Network,
         config: &DistillConfig,

@@ -23,13 +23,19 @@ use crate::merge::{merge_block, merge_network};
 pub struct BlockLatency {
     /// Activation index of the block (1 = the DS block, 2.. = IR blocks).
     pub index: usize,
+    /// Input channels.
     pub cin: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Depthwise (and merged) kernel size.
     pub k: usize,
+    /// The block's stride.
     pub stride: usize,
     /// Input side length.
     pub size: usize,
+    /// Median time of the original block (BN folded, ReLU6 kept) on one batch, in ms.
     pub unmerged_ms: f64,
+    /// Median time of its merged dense conv on the same input, in ms.
     pub merged_ms: f64,
 }
 
@@ -43,10 +49,15 @@ impl BlockLatency {
 /// Per-block and whole-network latencies of one architecture at one input size and batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LatencyTable {
+    /// The network measured.
     pub arch: ArchConfig,
+    /// Input side length of the network, in pixels.
     pub res: usize,
+    /// Batch size of every timed pass.
     pub batch: usize,
+    /// Threads of the pool the times were taken with.
     pub threads: usize,
+    /// One entry per block, in order (activation indices 1..=B).
     pub blocks: Vec<BlockLatency>,
     /// The original network (BN folded).
     pub network_ms: f64,
@@ -179,9 +190,13 @@ pub fn compare_networks(
 /// finetuned network before merging (pad-first blocks), and the merged network.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Throughput {
+    /// Batch size of the timed passes.
     pub batch: usize,
+    /// The original architecture, images/s.
     pub original: f64,
+    /// The finetuned network before merging, images/s.
     pub unmerged: f64,
+    /// The merged network, images/s.
     pub merged: f64,
     /// merged / original: the method's speed-up.
     pub speedup_vs_original: f64,
@@ -219,7 +234,9 @@ fn input(shape: &[usize]) -> Result<Var> {
     )?))
 }
 
-/// Measures every block and the whole network. `progress` is called after each block.
+/// Measures every block and the whole network of `arch` (fresh weights) at `res`×`res` and
+/// batch `batch`, each time the median of `runs` passes. `progress(done, total)` is called
+/// after each block.
 pub fn measure(
     arch: &ArchConfig,
     res: usize,

@@ -167,8 +167,10 @@ pub const MERGE_TOLERANCE: f32 = 1e-4;
 /// Largest differences between two networks' evaluation logits.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Deviation {
+    /// max |a − b| over all inputs and logits (`a` the unmerged network's logits, `b` the
+    /// merged one's).
     pub max_abs: f32,
-    /// max |a − b| / max |b| over all inputs.
+    /// max |a − b| / max |a| per input size, the largest over the sizes.
     pub max_rel: f32,
 }
 
@@ -213,6 +215,7 @@ pub fn verify(
 
 /// A merged network and how it was checked.
 pub struct Merged {
+    /// The network with the planned blocks merged.
     pub network: Network,
     /// Per block: merged.
     pub plan: Vec<bool>,

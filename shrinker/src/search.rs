@@ -46,9 +46,11 @@ pub fn install_gates(net: &mut Network, config: &SearchConfig) -> Result<(), Sta
 /// The search's objective: cross-entropy through the gated network, plus the latency term's
 /// gradient on the scores.
 pub struct GateSearch {
+    /// Label smoothing of the cross-entropy.
     pub smoothing: f32,
     /// d(latency term)/dsᵢ per index: ±λ·ΔLᵢ/L (constant: the term is linear in s).
     pub pull: Vec<f32>,
+    /// Log the scores and the keep decision every this many steps.
     pub log_every: usize,
 }
 
@@ -132,6 +134,7 @@ pub struct KeepChoice {
     pub kept: usize,
     /// `kept` over the number of activation indices.
     pub ratio: f64,
+    /// The list: the `kept` smallest-scored indices (plus the unsearchable ones).
     pub keep: KeepList,
     /// ΔL summed over the removed blocks, from the latency table (ms), when one was given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +146,7 @@ pub struct KeepChoice {
 pub struct SearchOutput {
     /// "gates" (learnt scores) or "random" (the baseline).
     pub method: String,
+    /// The `[search]` keep ratio the run used.
     pub keep_ratio: f64,
     /// The keep list at `keep_ratio` (what `finetune --keep FILE` reads).
     pub keep: KeepList,

@@ -11,8 +11,11 @@ use crate::config::DataConfig;
 
 /// The opened data of a run: splits (limited per the config) and their loaders.
 pub struct Data {
+    /// The data set, with `limit_train` / `limit_test` applied.
     pub splits: Splits,
+    /// Shuffled training batches, augmented.
     pub train: Loader,
+    /// Evaluation batches in index order.
     pub test: Loader,
 }
 

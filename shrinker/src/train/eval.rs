@@ -12,11 +12,13 @@ use super::TrainError;
 /// Test-split figures.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EvalStats {
+    /// Images evaluated.
     pub images: usize,
     /// Mean cross-entropy (no smoothing).
     pub loss: f64,
-    /// Fractions in [0, 1].
+    /// Top-1 accuracy, a fraction in [0, 1].
     pub top1: f64,
+    /// Top-5 accuracy, a fraction in [0, 1].
     pub top5: f64,
     /// `confusion[true][predicted]`.
     pub confusion: Vec<Vec<u64>>,

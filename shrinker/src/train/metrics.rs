@@ -14,15 +14,19 @@ use super::{Position, RunSummary, TrainError, Trainer};
 /// After each training batch.
 #[derive(Clone, Debug)]
 pub struct BatchProgress {
-    /// 0-based epoch and batch position.
+    /// The epoch, from 0.
     pub epoch: usize,
+    /// The batch's position in the epoch, from 0.
     pub batch: usize,
+    /// Batches per epoch.
     pub batches: usize,
+    /// This batch's training loss.
     pub loss: f32,
     /// Top-1 of this batch, in [0, 1].
     pub acc: f64,
     /// This batch's images over the time since the previous batch finished (data wait included).
     pub images_per_s: f64,
+    /// The learning rate this step used.
     pub lr: f32,
 }
 
@@ -31,19 +35,25 @@ pub struct BatchProgress {
 pub struct EpochMetrics {
     /// 1-based: the number of completed epochs.
     pub epoch: usize,
+    /// Mean training loss over the epoch's images (as the objective computes it).
     pub train_loss: f64,
+    /// Top-1 accuracy of the training forward passes, in [0, 1].
     pub train_acc: f64,
-    /// Absent when this epoch was not evaluated (`eval_every`).
+    /// Test-split cross-entropy; absent when this epoch was not evaluated (`eval_every`).
     pub val_loss: Option<f64>,
+    /// Test-split top-1 accuracy in [0, 1], when evaluated.
     pub val_acc: Option<f64>,
+    /// Test-split top-5 accuracy in [0, 1], when evaluated.
     pub val_top5: Option<f64>,
     /// The learning rate of the epoch's last step.
     pub lr: f64,
     /// Training time of the epoch (data waits, steps, mid-epoch checkpoints; across resumes).
     pub seconds: f64,
+    /// Time of the evaluation after the epoch (0 when not evaluated).
     pub eval_seconds: f64,
     /// Training images per second.
     pub images_per_s: f64,
+    /// Training images seen in the epoch.
     pub images: usize,
 }
 
@@ -57,9 +67,13 @@ pub trait Observer {
     /// `start_batch > 0` when resuming mid-epoch.
     fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _start_batch: usize, _batches: usize) {
     }
+    /// After each training step.
     fn batch_done(&mut self, _progress: &BatchProgress) {}
+    /// Before evaluating after epoch `epoch` (0-based).
     fn evaluating(&mut self, _epoch: usize) {}
+    /// After each epoch, with the line written to `metrics.jsonl`.
     fn epoch_done(&mut self, _metrics: &EpochMetrics) {}
+    /// A free-form message for the user.
     fn note(&mut self, _message: &str) {}
 }
 

@@ -34,10 +34,13 @@ pub use trainer::{Position, RunSummary, Trainer, train};
 
 pub use crate::config::{DataConfig, ModelConfig, TrainConfig};
 
-/// File names inside a run's output directory.
+/// The latest checkpoint in a run's output directory.
 pub const LAST: &str = "last.safetensors";
+/// The checkpoint of the best test top-1 so far.
 pub const BEST: &str = "best.safetensors";
+/// One [`EpochMetrics`] JSON line per completed epoch (and the search's step logs).
 pub const METRICS: &str = "metrics.jsonl";
+/// The resolved configuration of the run.
 pub const CONFIG: &str = "config.toml";
 /// Locked by the run writing the directory (see [`Trainer::with_model`]).
 pub const LOCK: &str = ".lock";

@@ -51,6 +51,7 @@ where
 
 /// Cross-entropy with label smoothing.
 pub struct CrossEntropy {
+    /// Label smoothing ε, in [0, 1).
     pub smoothing: f32,
 }
 
@@ -71,9 +72,11 @@ impl Objective for CrossEntropy {
 /// What one step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepStats {
+    /// The step's loss.
     pub loss: f32,
     /// Top-1 hits of the training forward pass.
     pub correct: usize,
+    /// Images in the batch.
     pub images: usize,
     /// Global gradient norm before clipping.
     pub grad_norm: f32,

@@ -23,8 +23,11 @@ use super::{
 /// Where the run is: the next step is batch `batch` of epoch `epoch` (both 0-based).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
+    /// The epoch, from 0.
     pub epoch: usize,
+    /// The next batch within the epoch, from 0.
     pub batch: usize,
+    /// Steps applied since the run started: `epoch · batches_per_epoch + batch`.
     pub global_step: usize,
 }
 
@@ -42,19 +45,29 @@ struct EpochSums {
 pub struct RunSummary {
     /// Metrics of the last epoch run by this call (None if there was nothing left to do).
     pub last: Option<EpochMetrics>,
+    /// Best test top-1 of the run so far, in [0, 1] (None before the first evaluation).
     pub best_val_acc: Option<f64>,
+    /// Where the run ended.
     pub position: Position,
 }
 
 /// A training run: model, optimiser, schedule, data and the output directory.
 pub struct Trainer {
+    /// The run's configuration (as recorded in `config.toml`).
     pub config: TrainConfig,
+    /// The output directory.
     pub out: PathBuf,
+    /// The network being trained.
     pub model: Network,
+    /// The optimiser, with its state.
     pub optimizer: Box<dyn Optimizer>,
+    /// The learning rate of every global step.
     pub schedule: LrSchedule,
+    /// The data and its loaders.
     pub data: Data,
+    /// The next step.
     pub position: Position,
+    /// Best test top-1 so far, in [0, 1] (None before the first evaluation).
     pub best_val_acc: Option<f64>,
     /// Merged into every checkpoint's metadata (later stages record their own fields here).
     pub extra_metadata: serde_json::Map<String, Value>,
@@ -212,6 +225,7 @@ impl Trainer {
         })
     }
 
+    /// Training batches per epoch.
     pub fn batches_per_epoch(&self) -> usize {
         self.data.train.batches_per_epoch()
     }
