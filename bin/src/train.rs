@@ -29,7 +29,7 @@ pub struct ConfigArgs {
     /// Data directory (overrides `data.dir`; CIFAR-10 binaries or class folders).
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Output directory [default: runs/<config file stem>, plus -search, -finetune or -demo
+    /// Output directory [default: runs/CONFIG-STEM, plus -search, -finetune or -demo
     /// for those commands].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,

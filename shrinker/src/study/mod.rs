@@ -86,12 +86,14 @@ impl Method {
 pub struct RunRecord {
     /// Unique within the study (the run directory's name, usually).
     pub name: String,
+    /// How it was made.
     pub method: Method,
     /// Test top-1 of the last epoch, in percent.
     pub top1: f64,
     /// The activations kept, where some were removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep: Option<KeepList>,
+    /// Seeds its initial weights (from scratch), search, data order and dropout.
     pub seed: u64,
     /// Epochs of the run that made it (finetuning epochs for a finetuned network).
     pub epochs: usize,
@@ -200,6 +202,7 @@ pub struct StudyLatency {
     pub runs: usize,
     /// The batch sizes of every network's `ms`, in order.
     pub batches: Vec<usize>,
+    /// One entry per timed network.
     pub networks: Vec<NetworkLatency>,
 }
 
@@ -225,6 +228,7 @@ impl StudyLatency {
 
 /// A study's folder, read.
 pub struct Study {
+    /// The study folder.
     pub dir: PathBuf,
     /// Every run directory holding a `summary.json`, with its record, sorted by method then
     /// name.
@@ -311,6 +315,7 @@ pub struct StudyPlan {
 pub struct NetworkPlan {
     /// Unique: the directory name under `out` and `work`.
     pub name: String,
+    /// How it is made.
     pub method: Method,
     /// Activations kept (DepthShrinker and random removal).
     #[serde(default)]
