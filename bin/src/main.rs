@@ -12,6 +12,7 @@ mod infer;
 mod latency;
 mod merge;
 mod plot;
+mod prune;
 mod report;
 mod search;
 mod strip;
@@ -60,6 +61,8 @@ enum Command {
     Infer(infer::InferArgs),
     /// Stage 3: merge every block whose activations are removed into one dense conv (verified).
     Merge(merge::MergeArgs),
+    /// The channel-pruning baseline: keep a fraction of every block's hidden channels.
+    Prune(prune::PruneArgs),
     /// Per-block latency, unmerged vs merged, measured on this machine (JSON for the search).
     Latency(latency::LatencyArgs),
     /// Multiply-adds and fvcore-convention MFLOPs, with removed blocks counted as merged.
@@ -126,6 +129,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Strip(args) => strip::run(&args),
         Command::Report(args) => report::run(&args),
         Command::Study(args) => study::run(&args),
+        Command::Prune(args) => prune::run(&args),
     }
 }
 

@@ -541,3 +541,67 @@ fn search_refuses_a_latency_table_of_another_network() {
         "CIFAR layout",
     );
 }
+
+/// `prune --channels R` writes a network whose architecture records the ratio; it evaluates,
+/// finetunes like any network and refuses ratios outside (0, 1].
+#[test]
+fn a_channel_pruned_network_evaluates_and_finetunes() {
+    let dir = scratch("prune");
+    let (config, weights) = pretrained(&dir);
+    let pruned = dir.join("pruned.safetensors");
+    let stdout = ok(&[
+        "prune",
+        "--weights",
+        s(&weights),
+        "--channels",
+        "0.5",
+        "--out",
+        s(&pruned),
+    ]);
+    assert!(stdout.contains("hidden channels ×0.5"), "{stdout}");
+    let meta = checkpoint::load(&pruned).unwrap().metadata;
+    assert_eq!(meta["arch"]["hidden_ratio"], 0.5);
+    let eval: Value =
+        serde_json::from_str(&ok(&["eval", "--weights", s(&pruned), "--json"])).unwrap();
+    assert!(eval["top1"].as_f64().is_some(), "{eval}");
+    let all = vec!["1"; 19].join(",");
+    ok(&[
+        "--threads",
+        "2",
+        "finetune",
+        "--config",
+        &config,
+        "--pretrained",
+        s(&pruned),
+        "--keep",
+        &all,
+        "--set",
+        "model.hidden_ratio=0.5",
+        "--out",
+        s(&dir.join("ft")),
+    ]);
+    fails_with(
+        &[
+            "prune",
+            "--weights",
+            s(&weights),
+            "--channels",
+            "1.5",
+            "--out",
+            s(&pruned),
+        ],
+        "--channels must be in (0, 1]",
+    );
+    fails_with(
+        &[
+            "prune",
+            "--weights",
+            s(&pruned),
+            "--channels",
+            "0.5",
+            "--out",
+            s(&dir.join("twice.safetensors")),
+        ],
+        "already channel-pruned",
+    );
+}

@@ -26,6 +26,10 @@ pub struct ArchConfig {
     pub num_classes: usize,
     /// 32×32 layout: stem stride 1 and the first stride-2 stage at stride 1.
     pub cifar: bool,
+    /// Channel pruning: every expanding block's hidden width times this ratio, rounded (at
+    /// least 1 channel); absent = the family's widths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_ratio: Option<f32>,
 }
 
 /// "MobileNetV2 w0.5, CIFAR layout, 10 classes": how messages name an architecture.
@@ -36,7 +40,11 @@ impl std::fmt::Display for ArchConfig {
             Family::MobilenetV2 => write!(f, "MobileNetV2 w{}", self.width)?,
             Family::EfficientnetLite0 => write!(f, "EfficientNet-Lite0")?,
         }
-        write!(f, ", {layout} layout, {} classes", self.num_classes)
+        write!(f, ", {layout} layout, {} classes", self.num_classes)?;
+        match self.hidden_ratio {
+            Some(r) => write!(f, ", hidden channels ×{r}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -48,6 +56,7 @@ impl ArchConfig {
             width,
             num_classes,
             cifar,
+            hidden_ratio: None,
         }
     }
 
@@ -58,6 +67,7 @@ impl ArchConfig {
             width: 1.0,
             num_classes,
             cifar,
+            hidden_ratio: None,
         }
     }
 
@@ -110,7 +120,10 @@ impl ArchConfig {
                 if self.cifar && stage == 1 {
                     stride = 1;
                 }
-                let hidden = (cin as f32 * t as f32).round() as usize;
+                let mut hidden = (cin as f32 * t as f32).round() as usize;
+                if let (Some(r), true) = (self.hidden_ratio, t != 1) {
+                    hidden = pruned_width(hidden, r);
+                }
                 blocks.push(BlockSpec {
                     expand: t != 1,
                     cin,
@@ -130,6 +143,11 @@ impl ArchConfig {
             num_classes: self.num_classes,
         }
     }
+}
+
+/// The hidden width channel pruning at `ratio` keeps of `hidden` channels: rounded, at least 1.
+pub fn pruned_width(hidden: usize, ratio: f32) -> usize {
+    ((hidden as f32 * ratio).round() as usize).clamp(1, hidden)
 }
 
 /// One stage of the block table: (expansion t, channels c, repeats n, stride s, kernel k).

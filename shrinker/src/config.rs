@@ -79,6 +79,9 @@ pub struct ModelConfig {
     /// Dropout before the classifier.
     #[serde(default = "default_dropout")]
     pub dropout: f64,
+    /// Channel-pruned hidden widths (`depthshrink prune --channels R` writes such networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_ratio: Option<f64>,
 }
 
 fn default_family() -> Family {
@@ -96,10 +99,12 @@ impl ModelConfig {
     /// none.
     pub fn arch(&self, num_classes: usize) -> ArchConfig {
         let classes = self.num_classes.unwrap_or(num_classes);
-        match self.family {
+        let mut arch = match self.family {
             Family::MobilenetV2 => ArchConfig::mobilenet_v2(self.width as f32, classes, self.cifar),
             Family::EfficientnetLite0 => ArchConfig::efficientnet_lite0(classes, self.cifar),
-        }
+        };
+        arch.hidden_ratio = self.hidden_ratio.map(|r| r as f32);
+        arch
     }
 }
 
@@ -213,6 +218,11 @@ impl TrainConfig {
                 "model.width must be a positive number, got {}",
                 self.model.width
             ));
+        }
+        if let Some(r) = self.model.hidden_ratio
+            && !(r > 0.0 && r <= 1.0)
+        {
+            return bad(format!("model.hidden_ratio must be in (0, 1], got {r}"));
         }
         if self.model.num_classes == Some(0) {
             return bad("model.num_classes must be at least 1".into());
@@ -526,6 +536,7 @@ lr = 0.1
         assert!(bad("data.batch_size", "0").contains("data.batch_size"));
         assert!(bad("epochs", "0").contains("epochs"));
         assert!(bad("model.width", "-1").contains("model.width"));
+        assert!(bad("model.hidden_ratio", "1.5").contains("model.hidden_ratio"));
         assert!(bad("label_smoothing", "1.5").contains("label_smoothing"));
         assert!(bad("data.dir", "/nonexistent/dir").contains("/nonexistent/dir"));
     }

@@ -24,6 +24,7 @@ mod error;
 pub mod finetune;
 pub mod latency;
 pub mod merge;
+pub mod prune;
 pub mod search;
 pub mod study;
 pub mod train;

@@ -1,11 +1,11 @@
 //! Checkpoint round trips, PyTorch files, corrupt and truncated files, atomic writes.
 use super::*;
-use std::fs::File;
 use crate::arch::ArchConfig;
 use crate::module::{Param, join};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::json;
+use std::fs::File;
 
 /// A scratch directory under the system temp dir, removed when the test ends.
 struct Scratch(PathBuf);
