@@ -30,6 +30,10 @@ pub struct ArchConfig {
     /// least 1 channel); absent = the family's widths.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_ratio: Option<f32>,
+    /// Block pruning: positions (0-based) in the family's block list of the residual blocks
+    /// removed, ascending; empty = none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_blocks: Vec<usize>,
 }
 
 /// "MobileNetV2 w0.5, CIFAR layout, 10 classes": how messages name an architecture.
@@ -41,10 +45,14 @@ impl std::fmt::Display for ArchConfig {
             Family::EfficientnetLite0 => write!(f, "EfficientNet-Lite0")?,
         }
         write!(f, ", {layout} layout, {} classes", self.num_classes)?;
-        match self.hidden_ratio {
-            Some(r) => write!(f, ", hidden channels ×{r}"),
-            None => Ok(()),
+        if let Some(r) = self.hidden_ratio {
+            write!(f, ", hidden channels ×{r}")?;
         }
+        if !self.dropped_blocks.is_empty() {
+            let list: Vec<String> = self.dropped_blocks.iter().map(usize::to_string).collect();
+            write!(f, ", blocks {} dropped", list.join(","))?;
+        }
+        Ok(())
     }
 }
 
@@ -57,6 +65,7 @@ impl ArchConfig {
             num_classes,
             cifar,
             hidden_ratio: None,
+            dropped_blocks: Vec::new(),
         }
     }
 
@@ -68,6 +77,7 @@ impl ArchConfig {
             num_classes,
             cifar,
             hidden_ratio: None,
+            dropped_blocks: Vec::new(),
         }
     }
 
@@ -135,6 +145,12 @@ impl ArchConfig {
                 cin = cout;
             }
         }
+        let blocks = blocks
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !self.dropped_blocks.contains(i))
+            .map(|(_, b)| b)
+            .collect();
         NetSpec {
             stem,
             stem_stride: if self.cifar { 1 } else { 2 },

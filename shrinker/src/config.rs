@@ -82,6 +82,10 @@ pub struct ModelConfig {
     /// Channel-pruned hidden widths (`depthshrink prune --channels R` writes such networks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hidden_ratio: Option<f64>,
+    /// Block-pruned networks: the family's block positions removed (`depthshrink prune
+    /// --blocks`; positions are activation indices − 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped_blocks: Vec<usize>,
 }
 
 fn default_family() -> Family {
@@ -104,6 +108,7 @@ impl ModelConfig {
             Family::EfficientnetLite0 => ArchConfig::efficientnet_lite0(classes, self.cifar),
         };
         arch.hidden_ratio = self.hidden_ratio.map(|r| r as f32);
+        arch.dropped_blocks = self.dropped_blocks.clone();
         arch
     }
 }

@@ -9,6 +9,43 @@ use depthshrink_nn::layers::ConvBn;
 use depthshrink_nn::network::{Block, Network};
 use depthshrink_tensor::{Result, Tensor, TensorError};
 
+/// `net` without the residual blocks at `positions` (0-based block positions, each a block
+/// whose input and output shapes agree, so the skip alone carries the signal through): the
+/// layer-pruning baseline. Refuses a network already block-pruned, a block without a skip, and
+/// a merged or searching network.
+pub fn prune_blocks(net: &Network, positions: &[usize]) -> Result<Network> {
+    let bad = |why: String| Err(TensorError::argument("prune_blocks", why));
+    if !net.arch.dropped_blocks.is_empty() {
+        return bad("the network is already block-pruned".into());
+    }
+    if net.search.is_some() {
+        return bad("the network is being searched".into());
+    }
+    let mut positions = positions.to_vec();
+    positions.sort_unstable();
+    positions.dedup();
+    if positions.is_empty() {
+        return bad("no block to drop".into());
+    }
+    let droppable: Vec<usize> = (0..net.blocks.len())
+        .filter(|&i| matches!(&net.blocks[i], Block::Ir(ir) if ir.spec.has_skip()))
+        .collect();
+    if let Some(p) = positions.iter().find(|p| !droppable.contains(p)) {
+        let list: Vec<String> = droppable.iter().map(usize::to_string).collect();
+        return bad(format!(
+            "block {p} has no residual connection (or is merged) and cannot be dropped; the residual blocks are {}",
+            list.join(",")
+        ));
+    }
+    let mut out = net.clone();
+    for &p in positions.iter().rev() {
+        out.blocks.remove(p);
+    }
+    out.arch.dropped_blocks = positions;
+    out.spec = out.arch.spec();
+    Ok(out)
+}
+
 /// `net` with each expanding block's hidden width cut to `ratio` of it (rounded, at least one
 /// channel): the expand conv and its BN keep the rows of the kept channels, the depthwise conv
 /// and its BN the same channels, the project conv the same input columns. The kept channels'
@@ -213,6 +250,51 @@ mod tests {
             .zip(yp.value().data())
             .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(moved > 1e-3 * scale, "pruning changed nothing");
+    }
+
+    /// Dropping residual blocks: shapes rebuild from the architecture, the function is the
+    /// original's with those blocks' residual branches zeroed.
+    #[test]
+    fn a_block_pruned_network_skips_the_dropped_blocks() {
+        let net = Network::new(&ArchConfig::mobilenet_v2(0.5, 10, true), 7);
+        let pruned = prune_blocks(&net, &[4, 2]).unwrap();
+        assert_eq!(pruned.arch.dropped_blocks, [2, 4]);
+        assert_eq!(pruned.blocks.len(), net.blocks.len() - 2);
+        assert_eq!(pruned.num_acts(), 17);
+        let (mut a, mut b) = (pruned.clone(), Network::new(&pruned.arch, 0));
+        let shapes = |n: &mut Network| -> Vec<Vec<usize>> {
+            state_dict(n)
+                .into_iter()
+                .map(|(_, t)| t.shape().to_vec())
+                .collect()
+        };
+        assert_eq!(shapes(&mut a), shapes(&mut b));
+        let mut reference = net.clone();
+        for p in [2, 4] {
+            let Block::Ir(ir) = &mut reference.blocks[p] else {
+                panic!()
+            };
+            // The project BN's γ and β at 0: the residual branch adds nothing.
+            ir.project.bn.weight.value.data_mut().fill(0.0);
+            ir.project.bn.bias.value.data_mut().fill(0.0);
+        }
+        let (ctx, x) = (Ctx::eval(), input(2));
+        let yp = pruned.for_inference().unwrap().forward(&x, &ctx).unwrap();
+        let yr = reference
+            .for_inference()
+            .unwrap()
+            .forward(&x, &ctx)
+            .unwrap();
+        let diff = yp
+            .value()
+            .data()
+            .iter()
+            .zip(yr.value().data())
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(diff < 1e-4, "{diff}");
+        let err = prune_blocks(&net, &[1]).err().unwrap().to_string();
+        assert!(err.contains("block 1 has no residual connection"), "{err}");
+        assert!(prune_blocks(&pruned, &[5]).is_err());
     }
 
     #[test]
