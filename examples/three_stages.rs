@@ -171,8 +171,7 @@ fn main() -> Result<()> {
     });
     let finetuned = finetune(
         finetune_config,
-        &pretrained,
-        None,
+        (&pretrained).into(),
         &found.keep,
         &out.join("finetune"),
         false,

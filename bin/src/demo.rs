@@ -218,8 +218,7 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
     let finetune_dir = out.join("finetune");
     let finetuned = finetune(
         finetune_config,
-        &pretrained,
-        None,
+        (&pretrained).into(),
         &keep,
         &finetune_dir,
         resumable(&finetune_dir),

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use depthshrink_shrinker::finetune::finetune;
+use depthshrink_shrinker::finetune::{Pretrained, finetune};
 
 use crate::args::{parse_keep, stage_error};
 use crate::search::load_pretrained;
@@ -58,8 +58,11 @@ pub fn run(args: &FinetuneArgs, cli_threads: Option<usize>) -> Result<(), String
     let keep = parse_keep(&args.keep)?;
     finetune(
         config,
-        &pretrained,
-        Some(&args.pretrained),
+        Pretrained {
+            network: &pretrained,
+            file: Some(&args.pretrained),
+            teacher: None,
+        },
         &keep,
         &out,
         args.run.resume,

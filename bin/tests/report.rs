@@ -201,6 +201,14 @@ seed = 2
 name = "w0.2"
 method = "width"
 width = 0.2
+[[network]]
+name = "channels-0.5"
+method = "channel_pruning"
+channels = 0.5
+[[network]]
+name = "blocks-3"
+method = "block_pruning"
+blocks = [3]
 "#,
             s(&base.join("last.safetensors")),
             s(&out),
@@ -209,8 +217,15 @@ width = 0.2
     )
     .unwrap();
     let stdout = ok(&["--threads", "2", "study", s(&plan)]);
-    assert!(stdout.contains("4 networks in"), "{stdout}");
-    for name in ["baseline", "ds-keep9", "random-keep9", "w0.2"] {
+    assert!(stdout.contains("6 networks in"), "{stdout}");
+    for name in [
+        "baseline",
+        "ds-keep9",
+        "random-keep9",
+        "w0.2",
+        "channels-0.5",
+        "blocks-3",
+    ] {
         let record = common::json(&out.join(name).join("summary.json"));
         assert_eq!(record["name"], name);
         assert!(record["top1"].as_f64().is_some(), "{record}");
@@ -242,9 +257,14 @@ width = 0.2
         stderr(&err)
     );
 
+    let pruned = common::json(&out.join("blocks-3/summary.json"));
+    assert_eq!(pruned["arch"]["dropped_blocks"], serde_json::json!([2]));
+    let pruned = common::json(&out.join("channels-0.5/summary.json"));
+    assert_eq!(pruned["arch"]["hidden_ratio"], 0.5);
+
     ok(&["latency", "--study", s(&out), "--runs", "1"]);
     let stdout = ok(&["report", s(&out)]);
-    assert!(stdout.contains("4 networks"), "{stdout}");
+    assert!(stdout.contains("6 networks"), "{stdout}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("random removal") && html.contains("gate scores of ds-keep9"));
 }

@@ -74,24 +74,51 @@ impl Objective for Distill {
     }
 }
 
-/// Stage 2: `pretrained` with the activations `keep` drops removed, finetuned per `config` in
-/// `out` (distilled from `pretrained` when the config has a `[distill]` table). `resume`
-/// continues the run in `out`, which must have the same keep list and pretrained network
-/// (`pretrained_file`, when given, is recorded beside its fingerprint). Returns the finetuned
-/// network (also in `out`'s `last.safetensors`).
+/// The network finetuning starts from, and the one it distils from.
+#[derive(Clone, Copy)]
+pub struct Pretrained<'a> {
+    /// The starting weights; the keep list removes their activations.
+    pub network: &'a Network,
+    /// The file `network` was read from, recorded in the run beside its fingerprint.
+    pub file: Option<&'a Path>,
+    /// The distillation teacher when it is not `network` itself (a pruned network distils
+    /// from the unpruned one).
+    pub teacher: Option<&'a Network>,
+}
+
+impl<'a> From<&'a Network> for Pretrained<'a> {
+    fn from(network: &'a Network) -> Pretrained<'a> {
+        Pretrained {
+            network,
+            file: None,
+            teacher: None,
+        }
+    }
+}
+
+/// Stage 2: the pretrained network with the activations `keep` drops removed, finetuned per
+/// `config` in `out` (distilled from the teacher, by default the pretrained network itself,
+/// when the config has a `[distill]` table). `resume` continues the run in `out`, which must
+/// have the same keep list and pretrained network. Returns the finetuned network (also in
+/// `out`'s `last.safetensors`).
 pub fn finetune(
     config: TrainConfig,
-    pretrained: &Network,
-    pretrained_file: Option<&Path>,
+    from: Pretrained<'_>,
     keep: &KeepList,
     out: &Path,
     resume: bool,
     observer: &mut dyn Observer,
 ) -> Result<Network, StageError> {
+    let pretrained = from.network;
+    let pretrained_file = from.file;
     let net = student(pretrained, keep).map_err(|e| StageError::Keep(e.to_string()))?;
     let smoothing = config.label_smoothing as f32;
     let mut objective: Box<dyn Objective> = match &config.distill {
-        Some(d) => Box::new(Distill::new(pretrained, d, smoothing)?),
+        Some(d) => Box::new(Distill::new(
+            from.teacher.unwrap_or(pretrained),
+            d,
+            smoothing,
+        )?),
         None => Box::new(CrossEntropy { smoothing }),
     };
     let mut trainer = Trainer::with_model(config, out, resume, Some(net))?;

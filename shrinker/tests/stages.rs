@@ -93,8 +93,7 @@ fn the_three_stages_run_through_the_library() {
     ft_config.distill = Some(DistillConfig::default());
     let finetuned = finetune(
         ft_config.clone(),
-        &pretrained,
-        None,
+        (&pretrained).into(),
         &found.keep,
         &dir.join("finetune"),
         false,
@@ -114,8 +113,7 @@ fn the_three_stages_run_through_the_library() {
     let other = KeepList::new(other);
     let err = finetune(
         ft_config,
-        &pretrained,
-        None,
+        (&pretrained).into(),
         &other,
         &dir.join("finetune"),
         true,
@@ -152,8 +150,7 @@ fn stages_refuse_inputs_that_do_not_fit_the_network() {
     // A keep list of another length.
     let err = finetune(
         config(),
-        &net,
-        None,
+        (&net).into(),
         &KeepList::new(vec![true, false, true]),
         &dir.join("ft"),
         false,

@@ -326,6 +326,12 @@ pub struct NetworkPlan {
     /// Width multiplier of a network trained from scratch (width scaling).
     #[serde(default)]
     pub width: Option<f64>,
+    /// Fraction of hidden channels kept (channel pruning).
+    #[serde(default)]
+    pub channels: Option<f64>,
+    /// Residual blocks dropped, by activation index (block pruning).
+    #[serde(default)]
+    pub blocks: Option<Vec<usize>>,
     /// Seeds of one configuration share a group.
     #[serde(default)]
     pub group: Option<String>,
@@ -358,10 +364,25 @@ impl StudyPlan {
                     n.name
                 )));
             }
-            if matches!(
-                n.method,
-                Method::BlockPruning | Method::ChannelPruning | Method::Ablation
-            ) {
+            if (n.method == Method::ChannelPruning) != n.channels.is_some() {
+                return Err(bad(format!(
+                    "network `{}`: `channels` is required for channel_pruning networks, and only for them",
+                    n.name
+                )));
+            }
+            if (n.method == Method::BlockPruning) != n.blocks.is_some() {
+                return Err(bad(format!(
+                    "network `{}`: `blocks` is required for block_pruning networks, and only for them",
+                    n.name
+                )));
+            }
+            if n.blocks.as_ref().is_some_and(|b| b.contains(&0)) {
+                return Err(bad(format!(
+                    "network `{}`: `blocks` are activation indices of blocks, from 1",
+                    n.name
+                )));
+            }
+            if n.method == Method::Ablation {
                 return Err(bad(format!(
                     "network `{}`: the {} method cannot be run by a study plan yet",
                     n.name,

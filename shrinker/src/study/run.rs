@@ -9,9 +9,10 @@ use depthshrink_nn::network::Network;
 
 use super::{Method, NetworkPlan, RunRecord, SEARCH_METRICS, SUMMARY, StudyPlan};
 use crate::config::TrainConfig;
-use crate::finetune::finetune;
+use crate::finetune::{Pretrained, finetune};
 use crate::latency::{LatencyTable, measure};
 use crate::merge::{blocks_to_merge, merge_and_verify};
+use crate::prune::{prune_blocks, prune_channels};
 use crate::search::{SEARCH_JSON, random_search, search};
 use crate::train::{LAST, METRICS, Observer, evaluate, read_metrics, train};
 use crate::{StageError, write_json};
@@ -100,8 +101,11 @@ pub fn run_network(
             let ft_dir = work.join("finetune");
             let finetuned = finetune(
                 config,
-                &pretrained,
-                Some(&plan.pretrained),
+                Pretrained {
+                    network: &pretrained,
+                    file: Some(&plan.pretrained),
+                    teacher: None,
+                },
                 &keep,
                 &ft_dir,
                 resume(&ft_dir),
@@ -123,6 +127,39 @@ pub fn run_network(
                 Some(merged.plan),
                 plan.finetune_epochs,
             )
+        }
+        Method::ChannelPruning | Method::BlockPruning => {
+            let pretrained = load(&plan.pretrained)?;
+            let pruned = match (net.channels, &net.blocks) {
+                (Some(ratio), _) => prune_channels(&pretrained, ratio as f32)?,
+                (None, Some(blocks)) => {
+                    let positions: Vec<usize> = blocks.iter().map(|i| i - 1).collect();
+                    prune_blocks(&pretrained, &positions)?
+                }
+                (None, None) => unreachable!("checked by StudyPlan::read"),
+            };
+            let mut config = base.clone();
+            config.epochs = plan.finetune_epochs;
+            config.lr.set_lr(plan.stage_lr);
+            config.search = None;
+            config.distill = Some(plan.distill.clone());
+            config.model.hidden_ratio = pruned.arch.hidden_ratio.map(f64::from);
+            config.model.dropped_blocks = pruned.arch.dropped_blocks.clone();
+            let ft_dir = work.join("finetune");
+            let tuned = finetune(
+                config,
+                Pretrained {
+                    network: &pruned,
+                    file: None,
+                    teacher: Some(&pretrained),
+                },
+                &KeepList::all(pruned.num_acts()),
+                &ft_dir,
+                resume(&ft_dir),
+                observer,
+            )?;
+            copy(&ft_dir.join(METRICS), &out.join(METRICS))?;
+            (tuned, None, None, plan.finetune_epochs)
         }
         other => {
             return Err(StageError::Config(format!(
