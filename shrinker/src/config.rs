@@ -460,11 +460,9 @@ impl DistillConfig {
     }
 }
 
+/// A small valid config for tests across the crate.
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = r#"
+pub(crate) const TEST_CONFIG: &str = r#"
 epochs = 2
 [model]
 width = 0.25
@@ -479,6 +477,12 @@ weight_decay = 1e-4
 schedule = "cosine"
 lr = 0.1
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = TEST_CONFIG;
 
     #[test]
     fn config_parses_with_defaults_and_round_trips() {

@@ -351,30 +351,26 @@ impl StudyPlan {
             if !names.insert(&n.name) {
                 return Err(bad(format!("network `{}` is listed twice", n.name)));
             }
-            let needs_keep = matches!(n.method, Method::Depthshrinker | Method::Random);
-            if needs_keep != n.keep.is_some() {
-                return Err(bad(format!(
-                    "network `{}`: `keep` is required for depthshrinker and random networks, and only for them",
-                    n.name
-                )));
-            }
-            if (n.method == Method::Width) != n.width.is_some() {
-                return Err(bad(format!(
-                    "network `{}`: `width` is required for width networks, and only for them",
-                    n.name
-                )));
-            }
-            if (n.method == Method::ChannelPruning) != n.channels.is_some() {
-                return Err(bad(format!(
-                    "network `{}`: `channels` is required for channel_pruning networks, and only for them",
-                    n.name
-                )));
-            }
-            if (n.method == Method::BlockPruning) != n.blocks.is_some() {
-                return Err(bad(format!(
-                    "network `{}`: `blocks` is required for block_pruning networks, and only for them",
-                    n.name
-                )));
+            // Each method's own setting: required for it, refused for the others.
+            let settings = [
+                (
+                    "keep",
+                    n.keep.is_some(),
+                    &[Method::Depthshrinker, Method::Random][..],
+                ),
+                ("width", n.width.is_some(), &[Method::Width]),
+                ("channels", n.channels.is_some(), &[Method::ChannelPruning]),
+                ("blocks", n.blocks.is_some(), &[Method::BlockPruning]),
+            ];
+            for (key, given, methods) in settings {
+                if given != methods.contains(&n.method) {
+                    let names: Vec<&str> = methods.iter().map(|m| m.label()).collect();
+                    return Err(bad(format!(
+                        "network `{}`: `{key}` is required for {} networks, and only for them",
+                        n.name,
+                        names.join(" and ")
+                    )));
+                }
             }
             if n.blocks.as_ref().is_some_and(|b| b.contains(&0)) {
                 return Err(bad(format!(
@@ -502,6 +498,35 @@ mod tests {
         let bad = record("c", Some(KeepList::new(vec![true; 3])), None);
         let err = bad.deployed().err().unwrap().to_string();
         assert!(err.starts_with("c: 3 entries"), "{err}");
+    }
+
+    #[test]
+    fn a_plan_names_the_setting_a_network_lacks_or_should_not_have() {
+        let dir = std::env::temp_dir().join(format!("ds-plan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plan.toml");
+        let plan = |network: &str| {
+            let text = format!(
+                "config = \"c.toml\"\npretrained = \"p\"\nout = \"o\"\nwork = \"w\"\nsearch_epochs = 1\nfinetune_epochs = 1\nstage_lr = 0.01\nlatency_batch = 1\ndistill = {{ alpha = 0.7, temperature = 4.0 }}\n[[network]]\n{network}"
+            );
+            std::fs::write(&path, text).unwrap();
+            StudyPlan::read(&path)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        assert!(plan("name = \"d\"\nmethod = \"depthshrinker\"\nkeep = 9").is_ok());
+        let err = plan("name = \"d\"\nmethod = \"depthshrinker\"").unwrap_err();
+        assert!(
+            err.contains("`keep` is required for DepthShrinker and random removal"),
+            "{err}"
+        );
+        let err = plan("name = \"w\"\nmethod = \"width\"\nwidth = 0.3\nkeep = 3").unwrap_err();
+        assert!(err.contains("network `w`: `keep`"), "{err}");
+        let err = plan("name = \"b\"\nmethod = \"block_pruning\"\nblocks = [0]").unwrap_err();
+        assert!(err.contains("from 1"), "{err}");
+        let err = plan("name = \"x\"\nmethod = \"nope\"").unwrap_err();
+        assert!(err.contains("plan.toml"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -586,21 +586,7 @@ pub fn train(
 mod tests {
     use super::*;
 
-    const BASE: &str = r#"
-epochs = 2
-[model]
-width = 0.25
-cifar = true
-[data]
-batch_size = 16
-[optim]
-optimizer = "sgd"
-momentum = 0.9
-weight_decay = 1e-4
-[lr]
-schedule = "cosine"
-lr = 0.1
-"#;
+    const BASE: &str = crate::config::TEST_CONFIG;
 
     #[test]
     fn resume_changes_name_each_key_and_spare_speed_settings() {
