@@ -23,7 +23,6 @@
 
 use depthshrink::autograd::{Var, ops};
 use depthshrink::nn::Ctx;
-use depthshrink::nn::activation::Act;
 use depthshrink::nn::arch::ArchConfig;
 use depthshrink::nn::layers::{BatchNorm2d, Conv2d, ConvBn};
 use depthshrink::nn::network::{Block, InvertedResidual};
@@ -57,34 +56,8 @@ fn main() -> Result<()> {
         spec.stride,
         if spec.has_skip() { " (+ skip)" } else { "" }
     );
-    // The three conv → BN pairs, as the library builds them. Arguments of `ConvBn::new`:
-    // (rng, in channels, out channels, kernel, stride, padding, groups, torchvision's names).
-    let mut block = InvertedResidual {
-        spec,
-        expand: Some(ConvBn::new(
-            &mut rng,
-            cin,
-            hidden,
-            1,
-            1,
-            0,
-            1,
-            ["0.0", "0.1"],
-        )),
-        dw: ConvBn::new(
-            &mut rng,
-            hidden,
-            hidden,
-            k,
-            spec.stride,
-            k / 2,
-            hidden,
-            ["1.0", "1.1"],
-        ),
-        project: ConvBn::new(&mut rng, hidden, cout, 1, 1, 0, 1, ["2", "3"]),
-        act: Act::Relu6,
-        linearised: false,
-    };
+    // The three conv → BN pairs (expand, depthwise, project), as the library builds them.
+    let mut block = InvertedResidual::new(&mut rng, spec);
     // A fresh BN is the identity map (γ = 1, β = 0, μ = 0, σ² = 1), which would make folding
     // trivially right; give every BN the kind of statistics a trained network has.
     for conv_bn in [
@@ -97,8 +70,7 @@ fn main() -> Result<()> {
     // Remove both activations exactly as `Network::apply_keep` does for a removed IR block: both
     // sites become the identity, and the block switches to pad-first evaluation (pad the input,
     // expand on the padded map, depthwise without padding) with one ReLU6 after the skip add.
-    block.act = Act::Identity;
-    block.linearised = true;
+    block.set_kept(false);
     println!("  activations removed: the block is now linear up to one ReLU6 at its output\n");
 
     // ── Step 2: fold each BN into its conv ───────────────────────────────────────────────

@@ -48,7 +48,9 @@ pub struct InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn new(rng: &mut ChaCha8Rng, spec: BlockSpec) -> Self {
+    /// A block as `spec` describes it, initialised as torchvision initialises MobileNetV2,
+    /// with its activations in place.
+    pub fn new(rng: &mut impl rand::Rng, spec: BlockSpec) -> Self {
         let (k, p) = (spec.k, spec.k / 2);
         let (expand, dw, project) = if spec.expand {
             (
@@ -98,6 +100,14 @@ impl InvertedResidual {
             act: Act::Relu6,
             linearised: false,
         }
+    }
+
+    /// Keeps the block's activations (ReLU6 at both sites) or removes them: identity at both
+    /// sites and, for an expanding block, pad-first evaluation with one ReLU6 after the skip
+    /// add, so the block equals its merged conv followed by ReLU6.
+    pub fn set_kept(&mut self, keep: bool) {
+        self.act = if keep { Act::Relu6 } else { Act::Identity };
+        self.linearised = !keep;
     }
 
     fn forward(&mut self, x: &Var, ctx: &Ctx) -> Result<Var> {
@@ -451,10 +461,7 @@ impl Network {
         self.head_act = act(keep[keep.len() - 1]);
         for (block, &k) in self.blocks.iter_mut().zip(&keep[1..]) {
             match block {
-                Block::Ir(b) => {
-                    b.act = act(k);
-                    b.linearised = !k;
-                }
+                Block::Ir(b) => b.set_kept(k),
                 Block::Merged(_) if k => {
                     return Err(TensorError::argument(
                         "apply_keep",
