@@ -4,16 +4,21 @@
 //!
 //! Statistics are computed per H×W plane (two passes over a plane that sits in L1/L2, so x is
 //! read from memory once) and merged per channel in f64 with the exact between/within-plane
-//! decomposition — numerically stable even when |mean| ≫ std. All passes are parallel over planes.
+//! decomposition — numerically stable even when |mean| ≫ std. All passes are parallel over planes,
+//! and run the AVX2 twins of the plane loops at the AVX2 level and above (read once per call,
+//! [`crate::simd::level`]).
 
 use std::mem::MaybeUninit;
 
 use crate::elementwise::{build, write1, write2};
 use crate::reduce::{channel_dims, fold_channels, lane_sum, lane_sum2, per_plane};
+use crate::simd::{self, Level};
 use crate::{Result, Tensor, TensorError};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(test)]
+mod tests;
 
 /// `eps` inside the square root and the running-statistics `momentum`
 /// (`running = (1 − momentum)·running + momentum·batch`). Defaults are PyTorch's: 1e-5 and 0.1.
@@ -24,9 +29,13 @@ mod avx2;
 /// zero-padded, and its statistics should be those of the unpadded map it was trained on.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BnOptions {
+    /// Added to the variance inside the square root.
     pub eps: f32,
+    /// Weight of the batch statistics in the running ones.
     pub momentum: f32,
+    /// Clamp the output to [0, 6] in the same pass.
     pub relu6: bool,
+    /// Width of the frame left out of the batch statistics (0: none).
     pub border: usize,
 }
 
@@ -113,7 +122,9 @@ fn out_range(relu6: bool) -> (f32, f32) {
 /// `1/sqrt(biased_var + eps)` per channel, both `[C]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BatchStats {
+    /// The batch mean per channel, `[C]`.
     pub mean: Tensor,
+    /// `1/sqrt(biased_var + eps)` per channel, `[C]`.
     pub inv_std: Tensor,
     /// Where in each plane the statistics came from.
     region: Region,
@@ -133,8 +144,11 @@ struct Affine {
 /// Gradients of a training-mode batch norm: `dx` shaped like x, `dgamma` and `dbeta` `[C]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BnGrads {
+    /// Gradient of the input, shaped like it.
     pub dx: Tensor,
+    /// Gradient of the scale γ, `[C]`.
     pub dgamma: Tensor,
+    /// Gradient of the shift β, `[C]`.
     pub dbeta: Tensor,
 }
 
@@ -162,17 +176,16 @@ fn check_eps(op: &'static str, eps: f32) -> Result<()> {
 }
 
 /// `y = clamp((x − center[c])·scale[c] + shift[c], lo, hi)` over planes of `hw` elements
-/// (channel = plane mod C). Subtracting the centre before scaling keeps precision when
+/// (channel = plane mod C), on `path`. Subtracting the centre before scaling keeps precision when
 /// |mean| ≫ std.
 fn normalize(
+    path: Path,
     x: &[f32],
     hw: usize,
-    center: &[f32],
-    scale: &[f32],
-    shift: &[f32],
+    [center, scale, shift]: [&[f32]; 3],
     (lo, hi): (f32, f32),
 ) -> Vec<f32> {
-    let (c, path) = (scale.len(), Path::detect());
+    let c = scale.len();
     build(x.len(), hw, |p0, out| {
         let xs = &x[p0 * hw..p0 * hw + out.len()];
         for (i, (o, xp)) in out.chunks_mut(hw).zip(xs.chunks(hw)).enumerate() {
@@ -242,7 +255,7 @@ pub fn forward_train(
     // Per plane (interior): its mean and Σ(x − plane mean)²; the second pass reads the plane
     // from cache. The deviations use the f32-rounded mean m32, and
     // Σ(x − m32)² = M2 + inner·(m − m32)² exactly, so that term is taken back out.
-    let (xd, path) = (x.data(), Path::detect());
+    let (xd, path) = (x.data(), Path::at(simd::level()));
     let parts = per_plane(n * c, hw, |p| {
         let plane = &xd[p * hw..(p + 1) * hw];
         let m = region.rows(plane).map(|r| path.sum(r)).sum::<f64>() / inner as f64;
@@ -288,7 +301,8 @@ pub fn forward_train(
         .zip(&inv_std)
         .map(|(&g, &is)| (g as f64 * is) as f32)
         .collect();
-    let y = normalize(xd, hw, &mean, &scale, beta.data(), out_range(opts.relu6));
+    let map = [&mean[..], &scale, beta.data()];
+    let y = normalize(path, xd, hw, map, out_range(opts.relu6));
     let stats = BatchStats {
         mean: Tensor::from_vec(&[c], mean)?,
         inv_std: Tensor::from_vec(&[c], to_f32(&inv_std))?,
@@ -339,9 +353,10 @@ pub fn backward_train(
     }
 
     let (dyd, xd) = (dy.data(), x.data());
+    let (path, dims) = (Path::at(simd::level()), [n, c, hw]);
     let (dx, dgamma, dbeta) = match &stats.clamp {
-        Some(clamp) => train_grads::<true>(dyd, xd, gamma.data(), stats, Some(clamp), [n, c, hw]),
-        None => train_grads::<false>(dyd, xd, gamma.data(), stats, None, [n, c, hw]),
+        Some(clamp) => train_grads::<true>(path, (dyd, xd), gamma.data(), stats, Some(clamp), dims),
+        None => train_grads::<false>(path, (dyd, xd), gamma.data(), stats, None, dims),
     };
     Ok(BnGrads {
         dx: Tensor::from_vec(x.shape(), dx)?,
@@ -350,17 +365,17 @@ pub fn backward_train(
     })
 }
 
-/// The body of [`backward_train`] on checked slices: `(dx, dγ, dβ)`; `clamp` is the stats' own
-/// (`Some` exactly when `RELU6`), so it holds one value per channel.
+/// The body of [`backward_train`] on checked slices `(dy, x)`, on `path`: `(dx, dγ, dβ)`;
+/// `clamp` is the stats' own (`Some` exactly when `RELU6`), so it holds one value per channel.
 fn train_grads<const RELU6: bool>(
-    dyd: &[f32],
-    xd: &[f32],
+    path: Path,
+    (dyd, xd): (&[f32], &[f32]),
     gamma: &[f32],
     stats: &BatchStats,
     clamp: Option<&Affine>,
     [n, c, hw]: [usize; 3],
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (mean, path) = (stats.mean.data(), Path::detect());
+    let mean = stats.mean.data();
     // The clamp's affine map for channel `ch` (unused without RELU6).
     let affine = |ch: usize| match clamp {
         Some(a) if RELU6 => [mean[ch], a.scale[ch], a.shift[ch]],
@@ -457,8 +472,8 @@ fn dx_value<const RELU6: bool>(
     through_clamp::<RELU6>(dy, x, map) * k1 + (x - m) * k2 + k3
 }
 
-/// Which code the per-plane passes run: the AVX2 twins (`avx2.rs`, same bits) when the CPU has
-/// AVX2, else the portable loops. [`Path::detect`] is the only way to get the AVX2 one.
+/// Which code the per-plane passes run: the AVX2 twins (`avx2.rs`, same bits) at the AVX2 level
+/// and above, else the portable loops. [`Path::at`] is the only way to get the AVX2 one.
 #[derive(Clone, Copy, Debug)]
 struct Path {
     avx2: bool,
@@ -468,9 +483,11 @@ impl Path {
     #[cfg(test)]
     const PORTABLE: Path = Path { avx2: false };
 
-    fn detect() -> Path {
+    /// The path of `level`, a level from [`simd::level`] (so at most what this CPU has).
+    fn at(level: Level) -> Path {
+        debug_assert!(level <= simd::host_level(), "{level} beyond this CPU");
         Path {
-            avx2: cfg!(target_arch = "x86_64") && crate::simd::avx2_fma(),
+            avx2: cfg!(target_arch = "x86_64") && level >= Level::Avx2,
         }
     }
 
@@ -478,7 +495,7 @@ impl Path {
     fn sum(self, x: &[f32]) -> f64 {
         #[cfg(target_arch = "x86_64")]
         if self.avx2 {
-            // SAFETY: `avx2` is set only when the CPU has AVX2 (`detect`).
+            // SAFETY: `avx2` is set only when the CPU has AVX2 (`at`).
             return unsafe { avx2::sum(x) };
         }
         lane_sum(x, |v| v)
@@ -564,14 +581,8 @@ pub fn forward_eval(
     }
     check_eps(OP, eps)?;
     let scale = to_f32(&gamma_inv_std(gamma.data(), running_var.data(), eps));
-    let y = normalize(
-        x.data(),
-        hw,
-        running_mean.data(),
-        &scale,
-        beta.data(),
-        out_range(false),
-    );
+    let map = [running_mean.data(), &scale, beta.data()];
+    let y = normalize(Path::at(simd::level()), x.data(), hw, map, out_range(false));
     Tensor::from_vec(x.shape(), y)
 }
 
@@ -590,7 +601,14 @@ pub fn backward_eval(
     check_eps(OP, eps)?;
     let scale = to_f32(&gamma_inv_std(gamma.data(), running_var.data(), eps));
     let zeros = vec![0.0; c];
-    let dx = normalize(dy.data(), hw, &zeros, &scale, &zeros, out_range(false));
+    let path = Path::at(simd::level());
+    let dx = normalize(
+        path,
+        dy.data(),
+        hw,
+        [&zeros, &scale, &zeros],
+        out_range(false),
+    );
     Tensor::from_vec(dy.shape(), dx)
 }
 
@@ -636,332 +654,7 @@ pub fn channel_affine(x: &Tensor, scale: &Tensor, shift: &Tensor) -> Result<Tens
     check_vector(OP, "scale", scale, c)?;
     check_vector(OP, "shift", shift, c)?;
     let zeros = vec![0.0; c];
-    let y = normalize(
-        x.data(),
-        hw,
-        &zeros,
-        scale.data(),
-        shift.data(),
-        out_range(false),
-    );
+    let map = [&zeros[..], scale.data(), shift.data()];
+    let y = normalize(Path::at(simd::level()), x.data(), hw, map, out_range(false));
     Tensor::from_vec(x.shape(), y)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::testutil::assert_close;
-
-    fn t(shape: &[usize], v: Vec<f32>) -> Tensor {
-        Tensor::from_vec(shape, v).unwrap()
-    }
-
-    #[test]
-    fn the_frame_is_every_index_outside_the_interior_in_order() {
-        for (h, w, b) in [
-            (3, 3, 1),
-            (4, 7, 1),
-            (7, 4, 2),
-            (9, 9, 3),
-            (5, 5, 0),
-            (1, 1, 0),
-        ] {
-            let region = Region { h, w, border: b };
-            let naive: Vec<usize> = (0..if b == 0 { 0 } else { h * w })
-                .filter(|&j| {
-                    let (r, c) = (j / w, j % w);
-                    r < b || r >= h - b || c < b || c >= w - b
-                })
-                .collect();
-            assert_eq!(
-                region.frame().collect::<Vec<_>>(),
-                naive,
-                "{h}×{w} border {b}"
-            );
-        }
-    }
-
-    /// Two channels by hand: channel 0 holds {1, 3, 5, 7} (mean 4, biased var 5, unbiased 20/3),
-    /// channel 1 is constant 2 (var 0, so y = β exactly).
-    #[test]
-    fn two_channels_by_hand() {
-        let x = t(&[2, 2, 1, 2], vec![1.0, 3.0, 2.0, 2.0, 5.0, 7.0, 2.0, 2.0]);
-        let (gamma, beta) = (t(&[2], vec![2.0, 1.0]), t(&[2], vec![0.5, -1.0]));
-        let mut rm = Tensor::zeros(&[2]);
-        let mut rv = Tensor::full(&[2], 1.0);
-        let (y, stats) =
-            forward_train(&x, &gamma, &beta, &mut rm, &mut rv, BnOptions::default()).unwrap();
-        let s = 2.0 / (5.0f64 + 1e-5).sqrt();
-        let y0 = |v: f64| ((v - 4.0) * s + 0.5) as f32;
-        let expected = [y0(1.0), y0(3.0), -1.0, -1.0, y0(5.0), y0(7.0), -1.0, -1.0];
-        assert_close(y.data(), &expected, 1e-6, "y");
-        assert_eq!(stats.mean.data(), &[4.0, 2.0]);
-        assert_close(
-            stats.inv_std.data(),
-            &[
-                (1.0 / (5.0f64 + 1e-5).sqrt()) as f32,
-                (1e-5f64).powf(-0.5) as f32,
-            ],
-            1e-6,
-            "inv_std",
-        );
-        // running = 0.9·running + 0.1·batch, with the unbiased variance.
-        assert_close(rm.data(), &[0.4, 0.2], 1e-7, "running_mean");
-        assert_close(
-            rv.data(),
-            &[0.9 + 0.1 * 20.0 / 3.0, 0.9],
-            1e-7,
-            "running_var",
-        );
-
-        // A second step moves the running stats by momentum again.
-        let opts = BnOptions {
-            momentum: 0.5,
-            ..Default::default()
-        };
-        forward_train(&x, &gamma, &beta, &mut rm, &mut rv, opts).unwrap();
-        assert_close(rm.data(), &[2.2, 1.1], 1e-7, "running_mean after 2 steps");
-
-        // dy = 1 everywhere: dβ = count, dγ = Σ x̂ = 0, dx = 0 (a constant shift is normalised away).
-        let g = backward_train(&Tensor::full(&[2, 2, 1, 2], 1.0), &x, &gamma, &stats).unwrap();
-        assert_eq!(g.dbeta.data(), &[4.0, 4.0]);
-        assert!(g.dgamma.data().iter().all(|v| v.abs() < 1e-6));
-        assert!(g.dx.data().iter().all(|v| v.abs() < 1e-6));
-    }
-
-    /// The ReLU6 mask the backward recomputes from x matches the output's, bounds included:
-    /// channel 0 lands exactly on 0 and 6 (no gradient, PyTorch's convention), channel 1 inside.
-    #[test]
-    fn relu6_mask_at_the_clamp_bounds() {
-        // eps = 0: x = ±1 has mean 0 and variance 1, so the output is γ·x + β exactly.
-        let x = t(
-            &[2, 2, 1, 2],
-            vec![-1.0, 1.0, -1.0, 1.0, -1.0, 1.0, -1.0, 1.0],
-        );
-        let (gamma, beta) = (t(&[2], vec![3.0, 1.0]), t(&[2], vec![3.0, 3.0]));
-        let (mut rm, mut rv) = (Tensor::zeros(&[2]), Tensor::full(&[2], 1.0));
-        let opts = BnOptions {
-            eps: 0.0,
-            relu6: true,
-            ..Default::default()
-        };
-        let (y, stats) = forward_train(&x, &gamma, &beta, &mut rm, &mut rv, opts).unwrap();
-        assert_eq!(y.data(), &[0.0, 6.0, 2.0, 4.0, 0.0, 6.0, 2.0, 4.0]);
-        let g = backward_train(&Tensor::full(&[2, 2, 1, 2], 1.0), &x, &gamma, &stats).unwrap();
-        assert_eq!(g.dbeta.data(), &[0.0, 4.0]);
-        assert_eq!(g.dgamma.data(), &[0.0, 0.0]);
-        assert_eq!(&g.dx.data()[..2], &[0.0, 0.0]);
-    }
-
-    /// Against PyTorch 2.15 CPU (float32): the constants below are pasted from this script.
-    /// ```python
-    /// import numpy as np, torch
-    /// i = torch.arange(24.)
-    /// x = ((i * 7) % 11 / 3 - 1.5).reshape(2, 3, 2, 2).requires_grad_()
-    /// dy = ((i * 5) % 13 / 6 - 1).reshape(2, 3, 2, 2)
-    /// bn = torch.nn.BatchNorm2d(3)  # eps 1e-5, momentum 0.1
-    /// with torch.no_grad():
-    ///     bn.weight.copy_(torch.tensor([1.5, -0.5, 2.0])); bn.bias.copy_(torch.tensor([0.1, 0.2, -0.3]))
-    /// y = bn(x); y.backward(dy)
-    /// for t in (y, x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var):
-    ///     print([np.float32(v) for v in t.flatten().tolist()])  # shortest f32 digits
-    /// ```
-    #[test]
-    fn matches_pytorch() {
-        let x: Vec<f32> = (0..24).map(|i| ((i * 7) % 11) as f32 / 3.0 - 1.5).collect();
-        let dy: Vec<f32> = (0..24).map(|i| ((i * 5) % 13) as f32 / 6.0 - 1.0).collect();
-        let x = t(&[2, 3, 2, 2], x);
-        let dy = t(&[2, 3, 2, 2], dy);
-        let gamma = t(&[3], vec![1.5, -0.5, 2.0]);
-        let beta = t(&[3], vec![0.1, 0.2, -0.3]);
-        let mut rm = Tensor::zeros(&[3]);
-        let mut rv = Tensor::full(&[3], 1.0);
-        let (y, stats) =
-            forward_train(&x, &gamma, &beta, &mut rm, &mut rv, BnOptions::default()).unwrap();
-        let g = backward_train(&dy, &x, &gamma, &stats).unwrap();
-        assert_close(y.data(), &TORCH_Y, 1e-6, "y");
-        assert_close(g.dx.data(), &TORCH_DX, 1e-5, "dx");
-        assert_close(g.dgamma.data(), &TORCH_DGAMMA, 1e-6, "dgamma");
-        assert_close(g.dbeta.data(), &TORCH_DBETA, 1e-6, "dbeta");
-        assert_close(rm.data(), &TORCH_RM, 1e-6, "running_mean");
-        assert_close(rv.data(), &TORCH_RV, 1e-6, "running_var");
-    }
-
-    // Printed by the script on `matches_pytorch`; dβ[2] is PyTorch's float32 rounding noise
-    // around 0.
-    const TORCH_Y: [f32; 24] = [
-        -2.507944,
-        0.6669443,
-        -1.1472776,
-        2.0276108,
-        0.0054490864,
-        0.6971857,
-        -0.51335335,
-        0.17838326,
-        -2.1740768,
-        2.1987693,
-        -0.29999998,
-        -2.7987692,
-        0.6669443,
-        -1.1472776,
-        2.0276108,
-        0.21338892,
-        0.6971857,
-        -0.51335335,
-        0.17838326,
-        0.8701198,
-        2.1987693,
-        -0.29999998,
-        -2.7987692,
-        1.5740767,
-    ];
-    const TORCH_DX: [f32; 24] = [
-        -0.820938,
-        -0.06803278,
-        1.283561,
-        -0.9116447,
-        0.010990226,
-        -0.42199165,
-        0.2708763,
-        -0.16210556,
-        -0.944662,
-        -0.82275826,
-        1.5617307,
-        -0.11428022,
-        0.6123006,
-        -0.9842167,
-        -0.23131144,
-        1.1202822,
-        0.4426791,
-        0.011475081,
-        -0.42150682,
-        0.2695833,
-        0.11428022,
-        -1.5617306,
-        0.8227582,
-        0.9446622,
-    ];
-    const TORCH_DGAMMA: [f32; 3] = [1.0582963, 0.007205562, 2.8111153];
-    const TORCH_DBETA: [f32; 3] = [-1.3333335, 1.5, 1.1920929e-07];
-    const TORCH_RM: [f32; 3] = [0.041666664, 0.0125, -0.016666664];
-    const TORCH_RV: [f32; 3] = [1.0388888, 1.0061507, 1.0301588];
-
-    /// The AVX2 plane passes give the portable ones' bits, on plane lengths around the 8- and
-    /// 16-float vectors and the 512-float flush, with values exactly on the clamp bounds, NaN and
-    /// ∞ mixed in. (On a CPU without AVX2 both sides are portable.)
-    #[test]
-    fn simd_passes_match_portable_bit_for_bit() {
-        use crate::testutil::{rand_vec, rng};
-        let (simd, portable) = (Path::detect(), Path::PORTABLE);
-        let bits = |v: &[MaybeUninit<f32>]| -> Vec<u32> {
-            // SAFETY: both passes write every element.
-            v.iter()
-                .map(|x| unsafe { x.assume_init() }.to_bits())
-                .collect()
-        };
-        let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
-        let mut r = rng(11);
-        for len in (0..=40).chain([63, 64, 65, 511, 512, 513, 1024 + 7, 3000]) {
-            let mut x: Vec<f32> = rand_vec(&mut r, len)
-                .iter()
-                .map(|v| v * 4.0 + 1.0)
-                .collect();
-            let dy = rand_vec(&mut r, len);
-            // With map [1, 1, 2] these land exactly on the clamp's 0 and 6.
-            for (i, v) in [-1.0, 5.0, f32::NAN, f32::INFINITY].into_iter().enumerate() {
-                if let Some(slot) = x.get_mut(i * 7 + 3) {
-                    *slot = v;
-                }
-            }
-            let (m, map, k) = (0.37, [1.0, 1.0, 2.0], [1.3, -0.2, 0.05]);
-            assert!(same(simd.sum(&x), portable.sum(&x)), "sum, len {len}");
-            assert!(same(simd.sum_sq_dev(&x, m), portable.sum_sq_dev(&x, m)));
-            for range in [(0.0, 6.0), (f32::NEG_INFINITY, f32::INFINITY)] {
-                let mut out = [
-                    vec![MaybeUninit::uninit(); len],
-                    vec![MaybeUninit::uninit(); len],
-                ];
-                simd.normalize(&mut out[0], &x, map, range);
-                portable.normalize(&mut out[1], &x, map, range);
-                assert_eq!(bits(&out[0]), bits(&out[1]), "normalize, len {len}");
-            }
-            fn check<const R: bool>(p: [Path; 2], dy: &[f32], x: &[f32], m: f32, map: PlaneMap) {
-                let [(a1, a2), (b1, b2)] = p.map(|p| p.grad_sums::<R>(dy, x, m, map));
-                assert!(a1.to_bits() == b1.to_bits() || a1.is_nan() && b1.is_nan());
-                assert!(a2.to_bits() == b2.to_bits() || a2.is_nan() && b2.is_nan());
-            }
-            check::<true>([simd, portable], &dy, &x, m, map);
-            check::<false>([simd, portable], &dy, &x, m, map);
-            let mut out = [
-                vec![MaybeUninit::uninit(); len],
-                vec![MaybeUninit::uninit(); len],
-            ];
-            for relu6 in [true, false] {
-                for (o, p) in out.iter_mut().zip([simd, portable]) {
-                    match relu6 {
-                        true => p.dx::<true>(o, &dy, &x, k, m, map),
-                        false => p.dx::<false>(o, &dy, &x, k, m, map),
-                    }
-                }
-                assert_eq!(bits(&out[0]), bits(&out[1]), "dx, len {len}");
-            }
-        }
-    }
-
-    #[test]
-    fn eval_forward_backward_and_folding() {
-        let x = t(&[1, 2, 1, 3], vec![1.0, 2.0, 3.0, -1.0, 0.0, 1.0]);
-        let (gamma, beta) = (t(&[2], vec![2.0, -1.0]), t(&[2], vec![1.0, 0.0]));
-        let (rm, rv) = (t(&[2], vec![2.0, 0.0]), t(&[2], vec![4.0, 1.0]));
-        let y = forward_eval(&x, &gamma, &beta, &rm, &rv, 0.0).unwrap();
-        assert_eq!(y.data(), &[0.0, 1.0, 2.0, 1.0, 0.0, -1.0]);
-        let (scale, shift) = fold_to_affine(&gamma, &beta, &rm, &rv, 0.0).unwrap();
-        assert_eq!(scale.data(), &[1.0, -1.0]);
-        assert_eq!(shift.data(), &[-1.0, 0.0]);
-        assert_eq!(channel_affine(&x, &scale, &shift).unwrap(), y);
-        let dx = backward_eval(&Tensor::full(&[1, 2, 1, 3], 2.0), &gamma, &rv, 0.0).unwrap();
-        assert_eq!(dx.data(), &[2.0, 2.0, 2.0, -2.0, -2.0, -2.0]);
-    }
-
-    #[test]
-    fn errors_leave_running_stats_untouched() {
-        let x = Tensor::zeros(&[2, 3, 2, 2]);
-        let v3 = Tensor::full(&[3], 1.0);
-        let mut rm = Tensor::zeros(&[3]);
-        let mut rv = Tensor::full(&[3], 1.0);
-        let opts = BnOptions::default();
-        let mut bad_rv = Tensor::zeros(&[4]);
-        assert!(forward_train(&x, &v3, &v3, &mut rm, &mut bad_rv, opts).is_err());
-        assert!(forward_train(&x, &Tensor::zeros(&[2]), &v3, &mut rm, &mut rv, opts).is_err());
-        let one = Tensor::zeros(&[1, 3, 1, 1]);
-        assert!(forward_train(&one, &v3, &v3, &mut rm, &mut rv, opts).is_err());
-        let bad = BnOptions {
-            momentum: 1.5,
-            ..opts
-        };
-        assert!(forward_train(&x, &v3, &v3, &mut rm, &mut rv, bad).is_err());
-        let bad = BnOptions { eps: -1.0, ..opts };
-        assert!(forward_train(&x, &v3, &v3, &mut rm, &mut rv, bad).is_err());
-        assert!(
-            forward_train(&Tensor::zeros(&[2, 3, 4]), &v3, &v3, &mut rm, &mut rv, opts).is_err()
-        );
-        // A border that leaves no interior: 2×2 planes, and N×C inputs (1×1 "planes").
-        let framed = BnOptions { border: 1, ..opts };
-        assert!(forward_train(&x, &v3, &v3, &mut rm, &mut rv, framed).is_err());
-        let flat = Tensor::zeros(&[8, 3]);
-        assert!(forward_train(&flat, &v3, &v3, &mut rm, &mut rv, framed).is_err());
-        assert_eq!(rm, Tensor::zeros(&[3]));
-        assert_eq!(rv, Tensor::full(&[3], 1.0));
-
-        let (_, stats) = forward_train(&x, &v3, &v3, &mut rm, &mut rv, opts).unwrap();
-        assert!(backward_train(&Tensor::zeros(&[2, 3, 2, 1]), &x, &v3, &stats).is_err());
-        assert!(backward_train(&x, &x, &Tensor::zeros(&[2]), &stats).is_err());
-        // Same element count, other planes: the statistics' region does not fit.
-        let other = Tensor::zeros(&[2, 3, 1, 4]);
-        assert!(backward_train(&other, &other, &v3, &stats).is_err());
-        assert!(forward_eval(&x, &v3, &v3, &rm, &Tensor::zeros(&[2]), 1e-5).is_err());
-        assert!(backward_eval(&x, &v3, &v3, f32::NAN).is_err());
-        assert!(fold_to_affine(&v3, &v3, &v3, &Tensor::zeros(&[1]), 1e-5).is_err());
-        assert!(channel_affine(&x, &v3, &Tensor::zeros(&[1])).is_err());
-    }
 }

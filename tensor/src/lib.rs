@@ -3,9 +3,11 @@
 //! Layout: [`Tensor`] is a shape plus `Arc`-shared contiguous storage with copy-on-write.
 //! Kernels work on plain slices with an explicit geometry; the tensor-level functions in each
 //! module check shapes and return [`TensorError`] instead of panicking. Every fast kernel has a
-//! plain-loop twin in `reference` (compiled for tests only) that the property tests compare against.
+//! plain-loop twin in `reference` (compiled for tests only) that the property tests compare against,
+//! at every SIMD level the CPU has ([`simd`]: one switch every hand-vectorised kernel honours).
 
 mod error;
+mod geometry;
 mod tensor;
 
 pub mod batchnorm;

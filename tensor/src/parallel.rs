@@ -27,12 +27,14 @@ pub(crate) fn task<R>(f: impl FnOnce() -> R) -> R {
 
 /// Runs `f` (a whole pass, say) on a worker of the rayon pool, so the splits of the kernels it
 /// calls fork inside the pool instead of each being handed over from a thread outside it and
-/// waited for on a lock. Runs `f` in place from a worker or with a one-thread pool.
+/// waited for on a lock. Runs `f` in place from a worker or with a one-thread pool. Kernels `f`
+/// calls run at this thread's SIMD level ([`crate::simd::level`]), wherever `f` runs.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
         f()
     } else {
-        rayon::scope(|_| f())
+        let level = crate::simd::level();
+        rayon::scope(|_| crate::simd::with_level(level, f))
     }
 }
 
@@ -81,6 +83,13 @@ mod tests {
             threads > 1,
             "{threads} threads in the global pool"
         );
+        // The caller's SIMD level comes along.
+        for level in crate::simd::supported_levels() {
+            let there = std::thread::spawn(move || {
+                crate::simd::with_level(level, || on_pool(crate::simd::level))
+            });
+            assert_eq!(there.join().unwrap(), level);
+        }
         two_threads().install(|| {
             let here = std::thread::current().id();
             assert_eq!(

@@ -31,3 +31,11 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tol: f32, what: &str) {
     let err = rel_err(actual, expected);
     assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
 }
+
+/// Runs `f` once at each SIMD level kernels can run at here (lowest first), with that level set
+/// for the kernels called from this thread ([`crate::simd::with_level`]).
+pub fn for_each_level(mut f: impl FnMut(crate::simd::Level)) {
+    for level in crate::simd::supported_levels() {
+        crate::simd::with_level(level, || f(level));
+    }
+}

@@ -9,10 +9,10 @@
 //!
 //! Two variations: the stride-2 input gradient gathers per phase (dx rows and columns of each
 //! parity see a fixed subset of taps; the even- and odd-column results are interleaved on store),
-//! and small "same" stride-1 planes are vectorised over the flattened plane (see `flat_conv`).
+//! and small "same" stride-1 planes are vectorised over the flattened plane (submodule `flat`).
 //!
 //! Safety contract shared by every `unsafe fn` here: the CPU supports AVX2 and FMA, the slices
-//! have the lengths their `Dims` imply, and `buf` has at least the matching `*_scratch` length and
+//! have the lengths their `PlaneGeom` implies, and `buf` has at least the matching `*_scratch` length and
 //! is zero wherever the fill functions don't write (the caller zeroes it once per task).
 
 // Tap loops index several arrays (weights, row pointers, accumulators) by the same (i, j);
@@ -22,8 +22,11 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::{Dims, each_plane, relu6_plane};
+use super::{Padded, PlaneGeom, PlaneJob, WeightJob, each_plane, relu6_plane};
 use crate::simd::{LINE_FLOATS, prefetch_ahead, prefetch_line};
+
+mod flat;
+pub(super) use flat::{backward_weight_flat, flat_run, flat_scratch};
 
 /// Floats after the last buffer row: room for a vector read starting at the row's last element.
 const SLACK: usize = 16;
@@ -69,23 +72,15 @@ fn prefetch_row(row: &[f32]) {
     }
 }
 
-/// `buf[r + offr][c + offc] = src[r][c]` (row pitch `pitch`, `rows` rows), clipped to the buffer.
+/// `buf[r + off][c + off] = src[r][c]` for the `sh×sw` plane `src` (`at`'s rows and pitch),
+/// clipped to the buffer.
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-fn fill(
-    src: &[f32],
-    sh: usize,
-    sw: usize,
-    buf: &mut [f32],
-    rows: usize,
-    pitch: usize,
-    offr: isize,
-    offc: isize,
-) {
-    let c0 = (-offc).max(0) as usize;
-    let c1 = (pitch as isize - offc).min(sw as isize);
-    let r0 = (-offr).max(0) as usize;
-    let r1 = (rows as isize - offr).min(sh as isize);
+fn fill(src: &[f32], (sh, sw): (usize, usize), buf: &mut [f32], at: Padded) {
+    let Padded { rows, pitch, off } = at;
+    let c0 = (-off).max(0) as usize;
+    let c1 = (pitch as isize - off).min(sw as isize);
+    let r0 = (-off).max(0) as usize;
+    let r1 = (rows as isize - off).min(sh as isize);
     if c1 <= c0 as isize || r1 <= r0 as isize {
         return;
     }
@@ -93,9 +88,9 @@ fn fill(
     assert!(src.len() >= sh * sw && buf.len() >= rows * pitch);
     for r in r0..r1 {
         prefetch_row(&src[r * sw + c0..r * sw + c1]);
-        let d = (r as isize + offr) as usize * pitch + (c0 as isize + offc) as usize;
-        // SAFETY: source columns [c0, c1) of row r < sh lie in `src`; destination row r + offr < rows
-        // and columns [c0 + offc, c1 + offc) ⊂ [0, pitch), so the copy stays inside `buf`.
+        let d = (r as isize + off) as usize * pitch + (c0 as isize + off) as usize;
+        // SAFETY: source columns [c0, c1) of row r < sh lie in `src`; destination row r + off < rows
+        // and columns [c0 + off, c1 + off) ⊂ [0, pitch), so the copy stays inside `buf`.
         unsafe {
             copy_row(
                 src.as_ptr().add(r * sw + c0),
@@ -109,12 +104,12 @@ fn fill(
 /// Stride-2 layout: buffer row r is `[E | O]`, each `half` long, with `E[m] = xp[r][2m]`,
 /// `O[m] = xp[r][2m+1]` and `xp[r][c] = src[r−p][c−p]` (zero outside). Splitting the columns once
 /// lets the row kernel read every tap with unit stride.
-fn s2_half(d: &Dims) -> usize {
+fn s2_half(d: &PlaneGeom) -> usize {
     (d.ow + d.k / 2).max(d.w.div_ceil(2) + d.p.div_ceil(2))
 }
 
 #[target_feature(enable = "avx2,fma")]
-fn fill_s2(src: &[f32], d: &Dims, buf: &mut [f32], rows: usize) {
+fn fill_s2(src: &[f32], d: &PlaneGeom, buf: &mut [f32], rows: usize) {
     let (sw, p, half) = (d.w, d.p, s2_half(d));
     assert!(src.len() >= d.h * sw && buf.len() >= rows * 2 * half);
     // Source column 2t goes to `ev[t]`, 2t+1 to `od[t]`; which half and shift depends on p's parity.
@@ -249,7 +244,7 @@ unsafe fn conv_row<const K: usize, const S: usize>(
 }
 
 /// (rows, pitch) of the padded forward buffer; for S = 2 the pitch holds `[E | O]`.
-fn fwd_buf<const S: usize>(d: &Dims) -> (usize, usize) {
+fn fwd_buf<const S: usize>(d: &PlaneGeom) -> (usize, usize) {
     let rows = (d.oh - 1) * S + d.k;
     if S == 1 {
         (rows, d.ow + d.k - 1)
@@ -258,17 +253,18 @@ fn fwd_buf<const S: usize>(d: &Dims) -> (usize, usize) {
     }
 }
 
-pub(super) fn fwd_scratch<const S: usize>(d: &Dims) -> usize {
+pub(super) fn fwd_scratch<const S: usize>(d: &PlaneGeom) -> usize {
     let (rows, pitch) = fwd_buf::<S>(d);
     rows * pitch + SLACK
 }
 
 /// Fills the forward buffer from one input plane (shared with the weight gradient).
 #[target_feature(enable = "avx2,fma")]
-fn fill_fwd<const S: usize>(x: &[f32], d: &Dims, buf: &mut [f32]) {
+fn fill_fwd<const S: usize>(x: &[f32], d: &PlaneGeom, buf: &mut [f32]) {
     let (rows, pitch) = fwd_buf::<S>(d);
     if S == 1 {
-        fill(x, d.h, d.w, buf, rows, pitch, d.p as isize, d.p as isize);
+        let off = d.p as isize;
+        fill(x, (d.h, d.w), buf, Padded { rows, pitch, off });
     } else {
         fill_s2(x, d, buf, rows);
     }
@@ -277,7 +273,7 @@ fn fill_fwd<const S: usize>(x: &[f32], d: &Dims, buf: &mut [f32]) {
 /// Row pointers of output row `oh` into a filled forward buffer.
 fn fwd_rows<const K: usize, const S: usize>(
     buf: &[f32],
-    d: &Dims,
+    d: &PlaneGeom,
     oh: usize,
 ) -> ([*const f32; K], [*const f32; K]) {
     let (_, pitch) = fwd_buf::<S>(d);
@@ -298,7 +294,7 @@ unsafe fn forward_plane<const K: usize, const S: usize>(
     w: &[f32],
     bias: f32,
     y: &mut [MaybeUninit<f32>],
-    d: &Dims,
+    d: &PlaneGeom,
     buf: &mut [f32],
 ) {
     assert!(y.len() >= d.oh * d.ow && buf.len() >= fwd_scratch::<S>(d));
@@ -316,7 +312,7 @@ unsafe fn forward_plane<const K: usize, const S: usize>(
 
 /// Stride-1 input gradient: dy padded by k−1−p (cropped when negative) so dx is its stride-1
 /// correlation with the rotated kernel, i.e. exactly the forward row kernel.
-fn bwd1_buf(d: &Dims) -> (usize, usize, isize) {
+fn bwd1_buf(d: &PlaneGeom) -> (usize, usize, isize) {
     (
         d.h + d.k - 1,
         d.w + d.k - 1,
@@ -324,7 +320,7 @@ fn bwd1_buf(d: &Dims) -> (usize, usize, isize) {
     )
 }
 
-pub(super) fn bwd1_scratch(d: &Dims) -> usize {
+pub(super) fn bwd1_scratch(d: &PlaneGeom) -> usize {
     let (rows, pitch, _) = bwd1_buf(d);
     rows * pitch + SLACK
 }
@@ -337,12 +333,12 @@ unsafe fn backward_input_s1<const K: usize>(
     dy: &[f32],
     w: &[f32],
     dx: &mut [MaybeUninit<f32>],
-    d: &Dims,
+    d: &PlaneGeom,
     buf: &mut [f32],
 ) {
     let (rows, pitch, off) = bwd1_buf(d);
     assert!(dx.len() >= d.h * d.w && buf.len() >= bwd1_scratch(d));
-    fill(dy, d.oh, d.ow, buf, rows, pitch, off, off);
+    fill(dy, (d.oh, d.ow), buf, Padded { rows, pitch, off });
     let wv = weights::<K>(w, true);
     let (zero, dx) = (_mm256_setzero_ps(), dx.as_mut_ptr().cast::<f32>());
     for r in 0..d.h {
@@ -356,14 +352,14 @@ unsafe fn backward_input_s1<const K: usize>(
 /// top and left. Input row `a` only receives taps `i ≡ a+p (mod 2)` (LI of them), and within the
 /// row, even columns `2q` only taps `j ≡ p` and odd columns `2q+1` only `j ≡ p+1` (L0 and L1 of
 /// them); each phase is a unit-stride correlation over dy, and the two results are interleaved.
-fn bwd2_buf(d: &Dims) -> (usize, usize, usize) {
+fn bwd2_buf(d: &PlaneGeom) -> (usize, usize, usize) {
     let m = d.k / 2;
     let rows = (d.oh + m).max((d.h - 1 + d.p) / 2 + m + 1);
     let pitch = (d.ow + m).max(d.w.div_ceil(2) + d.p.div_ceil(2) + m);
     (rows, pitch, m)
 }
 
-pub(super) fn bwd2_scratch(d: &Dims) -> usize {
+pub(super) fn bwd2_scratch(d: &PlaneGeom) -> usize {
     let (rows, pitch, _) = bwd2_buf(d);
     rows * pitch + SLACK
 }
@@ -448,13 +444,14 @@ unsafe fn backward_input_s2<
     dy: &[f32],
     w: &[f32],
     dx: &mut [MaybeUninit<f32>],
-    d: &Dims,
+    d: &PlaneGeom,
     buf: &mut [f32],
 ) {
     let (rows, pitch, m) = bwd2_buf(d);
     assert!(dx.len() >= d.h * d.w && buf.len() >= bwd2_scratch(d));
     assert!(L0 == (K - d.p % 2).div_ceil(2) && L1 == (K - (d.p + 1) % 2).div_ceil(2));
-    fill(dy, d.oh, d.ow, buf, rows, pitch, m as isize, m as isize);
+    let off = m as isize;
+    fill(dy, (d.oh, d.ow), buf, Padded { rows, pitch, off });
     let p = d.p;
     // Column phase t: first tap j ≡ t + p, dy column q + c_t − l, so buffer offset c_t + m − (L_t − 1).
     let (tc0, tc1) = (p % 2, (p + 1) % 2);
@@ -497,7 +494,7 @@ unsafe fn bw_pass<const K: usize, const S: usize, const G: usize>(
     acc: &mut [[__m256; K]],
     buf: &[f32],
     dy: &[f32],
-    d: &Dims,
+    d: &PlaneGeom,
     i0: usize,
     next: &[f32],
 ) {
@@ -572,6 +569,25 @@ fn hsum(v: __m256) -> f64 {
 /// Terms per lane the f32 weight-gradient accumulators take before they are flushed to f64.
 const FLUSH: usize = 1 << 14;
 
+/// Counts `terms` more products per lane and, once they reach [`FLUSH`] or at the `last` plane,
+/// flushes every channel's accumulators into its f64 sums.
+#[target_feature(enable = "avx2,fma")]
+fn flush_every<const K: usize>(
+    pending: &mut usize,
+    terms: usize,
+    last: bool,
+    acc: &mut [[[__m256; K]; K]],
+    sums: &mut [[[f64; K]; K]],
+) {
+    *pending += terms;
+    if *pending >= FLUSH || last {
+        for (a, s) in acc.iter_mut().zip(sums.iter_mut()) {
+            flush(a, s);
+        }
+        *pending = 0;
+    }
+}
+
 /// Adds the accumulators into the f64 sums and clears them.
 #[target_feature(enable = "avx2,fma")]
 fn flush<const K: usize>(acc: &mut [[__m256; K]; K], sums: &mut [[f64; K]; K]) {
@@ -583,28 +599,26 @@ fn flush<const K: usize>(acc: &mut [[__m256; K]; K], sums: &mut [[f64; K]; K]) {
     }
 }
 
-/// Weight gradient of channels `c0..c0+nc` summed over `n` images (planes `img·nch + c` of `x`
-/// and `dy`). Images are the outer loop so each image's planes of the block are read as one
+/// Weight gradient of the channels `c0..c0+nc` whose gradients `dw` holds, summed over the
+/// job's images. Images are the outer loop so each image's planes of the block are read as one
 /// contiguous run (channel-outer order would jump `nch` planes at every step, which defeats the
 /// prefetchers on small planes); each channel keeps its own vector accumulators. Those are f32
 /// and flushed into f64 every few thousand terms per lane.
 ///
 /// # Safety
-/// See the module contract; `dw` holds `nc·K²` floats.
-#[allow(clippy::too_many_arguments)]
+/// See the module contract.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward_weight_block<const K: usize, const S: usize>(
+    job: &WeightJob,
     x: &[f32],
     dy: &[f32],
     c0: usize,
-    nc: usize,
-    nch: usize,
-    n: usize,
-    d: &Dims,
     dw: &mut [f32],
     buf: &mut [f32],
 ) {
-    assert!(buf.len() >= fwd_scratch::<S>(d) && dw.len() >= nc * K * K);
+    let (nch, n, d) = (job.chans, job.images, &job.d);
+    let nc = dw.len() / (K * K);
+    assert!(buf.len() >= fwd_scratch::<S>(d));
     let (ip, op) = (d.h * d.w, d.oh * d.ow);
     let mut acc = vec![[[_mm256_setzero_ps(); K]; K]; nc];
     let mut sums = vec![[[0f64; K]; K]; nc];
@@ -640,13 +654,7 @@ pub(super) unsafe fn backward_weight_block<const K: usize, const S: usize>(
                 }
             }
         }
-        pending += op;
-        if pending >= FLUSH || img + 1 == n {
-            for (a, s) in acc.iter_mut().zip(sums.iter_mut()) {
-                flush(a, s);
-            }
-            pending = 0;
-        }
+        flush_every(&mut pending, op, img + 1 == n, &mut acc, &mut sums);
     }
     store_sums(&sums, dw);
 }
@@ -663,336 +671,51 @@ fn store_sums<const K: usize>(sums: &[[[f64; K]; K]], dw: &mut [f32]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small "same" stride-1 planes (2p = k − 1, narrow rows): vectorise over the flattened plane.
-//
-// With OW = W every tap is a constant shift of the flat index, `x[q + (i−p)·W + (j−p)]`, so 8
-// outputs cost k² loads and FMAs whatever the row width: a 4×4 plane is 2 vectors instead of 4
-// half-empty rows. The plane is copied once into a buffer with (p·W + p) zeros on either side,
-// which handles rows above and below; a column mask per (vector, j) zeroes taps that would wrap
-// into the neighbouring row. Masks depend only on the geometry, so they are built once per task.
-// ---------------------------------------------------------------------------------------------
-
-/// (margin, vectors per plane) of the flat layout.
-fn flat_geom(d: &Dims) -> (usize, usize) {
-    (d.p * d.w + d.p, (d.h * d.w).div_ceil(8))
-}
-
-/// Floats of one plane slot: `[margin | plane (8V) | margin | SLACK]`.
-fn flat_slot(d: &Dims) -> usize {
-    let (m, v) = flat_geom(d);
-    2 * m + 8 * v + SLACK
-}
-
-/// Scratch: `[masks: V·K·8 | flag: 8 | slot 0 | slot 1]`. Two slots so the next plane is copied
-/// while the current one is computed: reading a just-copied tiny plane at shifted offsets would
-/// stall on store-to-load forwarding.
-pub(super) fn flat_scratch(d: &Dims) -> usize {
-    let (_, v) = flat_geom(d);
-    v * d.k * 8 + 8 + 2 * flat_slot(d)
-}
-
-/// Builds the column masks on first use in this scratch (flag slot still zero) and copies the
-/// plane `src` into slot `slot`.
-#[target_feature(enable = "avx2,fma")]
-fn flat_prepare(src: &[f32], d: &Dims, buf: &mut [f32], slot: usize) {
-    let (m, nv) = flat_geom(d);
-    let (k, p, w, n) = (d.k, d.p as isize, d.w, d.h * d.w);
-    assert!(buf.len() >= flat_scratch(d) && src.len() >= n && slot < 2);
-    let (masks, rest) = buf.split_at_mut(nv * k * 8);
-    if rest[0] == 0.0 {
-        let mut col = 0;
-        for q in 0..8 * nv {
-            let (v, l) = (q / 8, q % 8);
-            for j in 0..k {
-                let c = col as isize + j as isize - p;
-                let ok = q < n && c >= 0 && c < w as isize;
-                masks[(v * k + j) * 8 + l] = f32::from_bits(if ok { u32::MAX } else { 0 });
-            }
-            col += 1;
-            if col == w {
-                col = 0;
-            }
-        }
-        rest[0] = 1.0;
-    }
-    let plane = &mut rest[8 + slot * flat_slot(d) + m..];
-    // SAFETY: n floats from `src`, into plane[..n] (the plane region holds 8V ≥ n).
-    unsafe { copy_row(src.as_ptr(), plane.as_mut_ptr(), n) };
-}
-
-/// (masks, plane start of `slot`) in a flat scratch.
-fn flat_ptrs(d: &Dims, buf: &[f32], slot: usize) -> (*const f32, *const f32) {
-    let (m, nv) = flat_geom(d);
-    let masks = buf.as_ptr();
-    (
-        masks,
-        buf[nv * d.k * 8 + 8 + slot * flat_slot(d) + m..].as_ptr(),
-    )
-}
-
-/// Runs `compute(plane index, slot)` over `n` planes with `prepare(plane index, slot)` one plane
-/// ahead, alternating two slots (see `flat_scratch`).
-#[inline(always)]
-fn pipelined(
-    n: usize,
-    mut prepare: impl FnMut(usize, usize),
-    mut compute: impl FnMut(usize, usize),
-) {
-    if n == 0 {
-        return;
-    }
-    prepare(0, 0);
-    for i in 0..n {
-        if i + 1 < n {
-            prepare(i + 1, (i + 1) & 1);
-        }
-        compute(i, i & 1);
-    }
-}
-
-/// Forward (or, with rotated weights and no bias, the stride-1 input gradient: for "same"
-/// padding k−1−p = p) of one small plane already copied into a slot.
-///
-/// # Safety
-/// `masks`/`plane` from `flat_ptrs` on a prepared slot of a `flat_scratch`-sized buffer; a
-/// "same" stride-1 geometry; AVX2+FMA.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn flat_conv<const K: usize>(
-    masks: *const f32,
-    plane: *const f32,
-    w: &[f32],
-    rotate: bool,
-    bias: f32,
-    out: &mut [MaybeUninit<f32>],
-    d: &Dims,
-) {
-    let n = d.h * d.w;
-    assert!(out.len() >= n && 2 * d.p + 1 == K && d.s == 1);
-    let wv = weights::<K>(w, rotate);
-    let bv = _mm256_set1_ps(bias);
-    let (p, wd) = (d.p as isize, d.w as isize);
-    let nv = n.div_ceil(8);
-    // SAFETY: tap loads read plane + 8v + (i−p)·W + (j−p) + [0, 8): at least plane − margin (the
-    // buffer start after the flag) and at most plane + 8V + margin + 7, inside the scratch. Masks
-    // are V·K vectors. Stores are full below n or masked.
-    unsafe {
-        for v in 0..nv {
-            let base = plane.add(8 * v);
-            let mut acc = bv;
-            for j in 0..K {
-                let mut part = _mm256_setzero_ps();
-                for i in 0..K {
-                    let off = (i as isize - p) * wd + j as isize - p;
-                    part = _mm256_fmadd_ps(_mm256_loadu_ps(base.offset(off)), wv[i][j], part);
-                }
-                let mask = _mm256_loadu_ps(masks.add((v * K + j) * 8));
-                acc = _mm256_add_ps(acc, _mm256_and_ps(part, mask));
-            }
-            let o = out.as_mut_ptr().cast::<f32>().add(8 * v);
-            if 8 * v + 8 <= n {
-                _mm256_storeu_ps(o, acc);
-            } else {
-                _mm256_maskstore_ps(o, tail_mask(n - 8 * v), acc);
-            }
-        }
-    }
-}
-
-/// Weight-gradient accumulation over one small plane for tap rows `i0..i0+G`: dy is masked per
-/// column tap j (K ANDs per vector rather than K²), then `acc[i][j] += dy_j · x(i,j)`.
-///
-/// # Safety
-/// `flat_prepare` just ran on this plane; `dy[..h·w]` readable; AVX2+FMA.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn bw_flat_pass<const K: usize, const G: usize>(
-    acc: &mut [[__m256; K]],
-    masks: *const f32,
-    plane: *const f32,
-    dy: &[f32],
-    d: &Dims,
-    i0: usize,
-) {
-    let n = d.h * d.w;
-    let (p, wd) = (d.p as isize, d.w as isize);
-    let mut r: [[__m256; K]; G] = std::array::from_fn(|g| acc[i0 + g]);
-    // SAFETY: as in `flat_conv`; dy loads are full below n, else masked.
-    unsafe {
-        for v in 0..n.div_ceil(8) {
-            let dv = if 8 * v + 8 <= n {
-                _mm256_loadu_ps(dy.as_ptr().add(8 * v))
-            } else {
-                _mm256_maskload_ps(dy.as_ptr().add(8 * v), tail_mask(n - 8 * v))
-            };
-            let base = plane.add(8 * v);
-            for j in 0..K {
-                let dj = _mm256_and_ps(dv, _mm256_loadu_ps(masks.add((v * K + j) * 8)));
-                for g in 0..G {
-                    let off = ((i0 + g) as isize - p) * wd + j as isize - p;
-                    r[g][j] = _mm256_fmadd_ps(dj, _mm256_loadu_ps(base.offset(off)), r[g][j]);
-                }
-            }
-        }
-    }
-    acc[i0..i0 + G].copy_from_slice(&r);
-}
-
-/// Weight gradient of channels `c0..c0+nc` for small "same" stride-1 planes; image-outer like
-/// [`backward_weight_block`], and pipelined: plane t+1 is copied while plane t is accumulated.
-///
-/// # Safety
-/// See `flat_conv`; `dw` holds `nc·K²` floats.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn backward_weight_flat<const K: usize>(
-    x: &[f32],
-    dy: &[f32],
-    c0: usize,
-    nc: usize,
-    nch: usize,
-    n: usize,
-    d: &Dims,
-    dw: &mut [f32],
-    buf: &mut [f32],
-) {
-    let ip = d.h * d.w;
-    assert!(dw.len() >= nc * K * K && 2 * d.p + 1 == K && d.s == 1);
-    let mut acc = vec![[[_mm256_setzero_ps(); K]; K]; nc];
-    let mut sums = vec![[[0f64; K]; K]; nc];
-    let mut pending = 0;
-    // Plane t of the run is image t / nc, channel c0 + t % nc; each closure steps its own cursor.
-    let (mut p_img, mut p_cc) = (0, 0);
-    let (mut c_img, mut c_cc) = (0, 0);
-    let buf_ptr: *mut [f32] = buf;
-    pipelined(
-        n * nc,
-        |_, slot| {
-            let plane = p_img * nch + c0 + p_cc;
-            (p_cc, p_img) = if p_cc + 1 == nc {
-                (0, p_img + 1)
-            } else {
-                (p_cc + 1, p_img)
-            };
-            // SAFETY: `buf_ptr` is `buf`, which nothing else borrows while `pipelined` runs, and
-            // the two closures never run at the same time, so this is the only live reference.
-            let buf = unsafe { &mut *buf_ptr };
-            flat_prepare(&x[plane * ip..][..ip], d, buf, slot)
-        },
-        |_, slot| {
-            let (img, cc) = (c_img, c_cc);
-            (c_cc, c_img) = if c_cc + 1 == nc {
-                (0, c_img + 1)
-            } else {
-                (c_cc + 1, c_img)
-            };
-            let plane = img * nch + c0 + cc;
-            // SAFETY: as above; the reference ends before `prepare` runs again (which writes the
-            // other slot anyway).
-            let (masks, xp) = flat_ptrs(d, unsafe { &*buf_ptr }, slot);
-            let dyp = &dy[plane * ip..][..ip];
-            let acc_c = &mut acc[cc];
-            // SAFETY: slot prepared for this plane, dy plane of the right size.
-            unsafe {
-                if K == 3 {
-                    bw_flat_pass::<K, 3>(acc_c, masks, xp, dyp, d, 0);
-                } else {
-                    let mut i0 = 0;
-                    while i0 + 2 <= K {
-                        bw_flat_pass::<K, 2>(acc_c, masks, xp, dyp, d, i0);
-                        i0 += 2;
-                    }
-                    if i0 < K {
-                        bw_flat_pass::<K, 1>(acc_c, masks, xp, dyp, d, i0);
-                    }
-                }
-            }
-            if cc + 1 == nc {
-                pending += ip;
-                if pending >= FLUSH || img + 1 == n {
-                    for (a, s) in acc.iter_mut().zip(sums.iter_mut()) {
-                        flush(a, s);
-                    }
-                    pending = 0;
-                }
-            }
-        },
-    );
-    store_sums(&sums, dw);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Entry points: each runs a contiguous run of planes (one rayon task), so the per-plane kernel
 // is inlined and per-plane overhead is a few instructions, which matters for 4×4 planes.
 // ---------------------------------------------------------------------------------------------
 
-/// Forward over a run of planes, the first being plane `first` of the tensor.
+/// Forward over a run of planes (see [`super::PlanesFn`]).
 ///
 /// # Safety
-/// Module contract; `x`/`y` hold whole planes of the run.
-#[allow(clippy::too_many_arguments)]
+/// Module contract; `x` and `y` hold whole planes.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn forward<const K: usize, const S: usize>(
+    job: &PlaneJob,
     x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    relu6: bool,
     y: &mut [MaybeUninit<f32>],
     first: usize,
-    chans: usize,
-    d: &Dims,
     buf: &mut [f32],
 ) {
-    each_plane(x, y, first, chans, d, true, |xp, yp, c| {
-        let b = bias.map_or(0.0, |b| b[c]);
+    let d = &job.d;
+    each_plane(job, (x, y, first), true, |xp, yp, c| {
+        let b = job.bias.map_or(0.0, |b| b[c]);
+        let w = &job.w[c * K * K..][..K * K];
         // SAFETY: forwarded contract.
-        unsafe { forward_plane::<K, S>(xp, &w[c * K * K..][..K * K], b, yp, d, buf) };
-        if relu6 {
+        unsafe { forward_plane::<K, S>(xp, w, b, yp, d, buf) };
+        if job.relu6 {
             relu6_plane(yp);
         }
     });
-}
-
-/// Forward over a run of small "same" stride-1 planes.
-///
-/// # Safety
-/// As [`forward`], with a geometry `flat_scratch` was sized for.
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn forward_flat_run<const K: usize>(
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    relu6: bool,
-    y: &mut [MaybeUninit<f32>],
-    first: usize,
-    chans: usize,
-    d: &Dims,
-    buf: &mut [f32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { flat_run::<K>(x, w, bias, relu6, false, y, first, chans, d, buf) }
 }
 
 /// Stride-1 input gradient over a run of planes (`dy` planes in, `dx` planes out).
 ///
 /// # Safety
 /// As [`forward`].
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward_input_s1_run<const K: usize>(
+    job: &PlaneJob,
     dy: &[f32],
-    w: &[f32],
-    _: Option<&[f32]>,
-    _: bool,
     dx: &mut [MaybeUninit<f32>],
     first: usize,
-    chans: usize,
-    d: &Dims,
     buf: &mut [f32],
 ) {
-    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
+    let d = &job.d;
+    each_plane(job, (dy, dx, first), false, |gp, xp, c| {
+        let w = &job.w[c * K * K..][..K * K];
         // SAFETY: forwarded contract.
-        unsafe { backward_input_s1::<K>(gp, &w[c * K * K..][..K * K], xp, d, buf) }
+        unsafe { backward_input_s1::<K>(gp, w, xp, d, buf) }
     });
 }
 
@@ -1000,7 +723,6 @@ pub(super) unsafe fn backward_input_s1_run<const K: usize>(
 ///
 /// # Safety
 /// As [`forward`].
-#[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn backward_input_s2_run<
     const K: usize,
@@ -1009,94 +731,16 @@ pub(super) unsafe fn backward_input_s2_run<
     const L0: usize,
     const L1: usize,
 >(
+    job: &PlaneJob,
     dy: &[f32],
-    w: &[f32],
-    _: Option<&[f32]>,
-    _: bool,
     dx: &mut [MaybeUninit<f32>],
     first: usize,
-    chans: usize,
-    d: &Dims,
     buf: &mut [f32],
 ) {
-    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
+    let d = &job.d;
+    each_plane(job, (dy, dx, first), false, |gp, xp, c| {
+        let w = &job.w[c * K * K..][..K * K];
         // SAFETY: forwarded contract.
-        unsafe { backward_input_s2::<K, LE, LO, L0, L1>(gp, &w[c * K * K..][..K * K], xp, d, buf) }
+        unsafe { backward_input_s2::<K, LE, LO, L0, L1>(gp, w, xp, d, buf) }
     });
-}
-
-/// Input gradient over a run of small "same" stride-1 planes.
-///
-/// # Safety
-/// As [`forward_flat_run`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn backward_input_flat_run<const K: usize>(
-    dy: &[f32],
-    w: &[f32],
-    _: Option<&[f32]>,
-    _: bool,
-    dx: &mut [MaybeUninit<f32>],
-    first: usize,
-    chans: usize,
-    d: &Dims,
-    buf: &mut [f32],
-) {
-    // SAFETY: forwarded contract.
-    unsafe { flat_run::<K>(dy, w, None, false, true, dx, first, chans, d, buf) }
-}
-
-/// Shared body of the flat runs (same plane size in and out), pipelined over two slots.
-///
-/// # Safety
-/// As [`forward_flat_run`].
-#[allow(clippy::too_many_arguments)]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn flat_run<const K: usize>(
-    src: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    relu6: bool,
-    rotate: bool,
-    dst: &mut [MaybeUninit<f32>],
-    first: usize,
-    chans: usize,
-    d: &Dims,
-    buf: &mut [f32],
-) {
-    let np = d.h * d.w;
-    let n = dst.len() / np;
-    assert!(src.len() >= n * np);
-    let buf_ptr: *mut [f32] = buf;
-    let mut ch = first % chans;
-    pipelined(
-        n,
-        |i, slot| {
-            // SAFETY: as in `backward_weight_flat`: the only live reference to `buf`.
-            let buf = unsafe { &mut *buf_ptr };
-            flat_prepare(&src[i * np..][..np], d, buf, slot)
-        },
-        |i, slot| {
-            let c = ch;
-            ch = if ch + 1 == chans { 0 } else { ch + 1 };
-            // SAFETY: as in `backward_weight_flat`.
-            let (masks, plane) = flat_ptrs(d, unsafe { &*buf_ptr }, slot);
-            let b = bias.map_or(0.0, |b| b[c]);
-            // SAFETY: slot prepared for plane i; output plane of np floats.
-            unsafe {
-                flat_conv::<K>(
-                    masks,
-                    plane,
-                    &w[c * K * K..][..K * K],
-                    rotate,
-                    b,
-                    &mut dst[i * np..][..np],
-                    d,
-                )
-            };
-            if relu6 {
-                relu6_plane(&mut dst[i * np..][..np]);
-            }
-        },
-    );
 }

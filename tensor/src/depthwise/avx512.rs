@@ -9,7 +9,7 @@
 //! them once for every row of every plane.
 //!
 //! Safety contract of every `unsafe fn` here: the CPU supports AVX-512 F and the slices have the
-//! lengths their `Dims` imply.
+//! lengths their `PlaneGeom` implies.
 
 // Tap loops index weights, row pointers, masks and accumulators by the same (i, j, u).
 #![allow(clippy::needless_range_loop)]
@@ -17,7 +17,7 @@
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
-use super::{Dims, each_plane};
+use super::{PlaneGeom, PlaneJob, each_plane};
 
 const LANES: usize = 16;
 
@@ -30,12 +30,12 @@ const fn loads(k: usize, s: usize) -> usize {
     if s == 1 { k } else { 2 * k.div_ceil(2) }
 }
 
-fn vectors(d: &Dims) -> usize {
+fn vectors(d: &PlaneGeom) -> usize {
     d.ow.div_ceil(LANES)
 }
 
 /// First input column of load `t` for output vector `v`, relative to the row's start.
-fn load_col(d: &Dims, v: usize, t: usize) -> isize {
+fn load_col(d: &PlaneGeom, v: usize, t: usize) -> isize {
     let c = if d.s == 1 {
         v * LANES + t
     } else {
@@ -66,28 +66,24 @@ struct VectorMasks {
 }
 
 /// Scratch floats: one zero row that stands in for the rows above and below the plane.
-pub(super) fn fwd_scratch(d: &Dims) -> usize {
+pub(super) fn fwd_scratch(d: &PlaneGeom) -> usize {
     d.w
 }
 
-/// Forward over a run of planes; `y` planes are written once each, clamped to [0, 6] when
-/// `relu6`.
+/// Forward over a run of planes; output planes are written once each, clamped to [0, 6] when the
+/// job says `relu6`.
 ///
 /// # Safety
-/// Module contract; `x`/`y` hold whole planes of the run; `buf` holds [`fwd_scratch`] zeros.
-#[allow(clippy::too_many_arguments)]
+/// Module contract; `x` and `y` hold whole planes; `buf` holds [`fwd_scratch`] zeros.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn forward<const K: usize, const S: usize>(
+    job: &PlaneJob,
     x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    relu6: bool,
     y: &mut [MaybeUninit<f32>],
     first: usize,
-    chans: usize,
-    d: &Dims,
     buf: &mut [f32],
 ) {
+    let (w, bias, relu6, d) = (job.w, job.bias, job.relu6, &job.d);
     let masks: Vec<VectorMasks> = (0..vectors(d))
         .map(|v| {
             let mut load = [0; MAX_LOADS];
@@ -100,7 +96,7 @@ pub(super) unsafe fn forward<const K: usize, const S: usize>(
         .collect();
     assert!(buf.len() >= d.w && buf[..d.w].iter().all(|&z| z == 0.0));
     let zero_row = buf.as_ptr();
-    each_plane(x, y, first, chans, d, true, |xp, yp, c| {
+    each_plane(job, (x, y, first), true, |xp, yp, c| {
         let b = bias.map_or(0.0, |b| b[c]);
         assert!(xp.len() >= d.h * d.w && yp.len() >= d.oh * d.ow);
         let (x, y, w) = (
@@ -130,7 +126,7 @@ unsafe fn forward_plane<const K: usize, const S: usize, const RELU6: bool>(
     w: &[f32],
     bias: f32,
     y: *mut f32,
-    d: &Dims,
+    d: &PlaneGeom,
     masks: &[VectorMasks],
     zero_row: *const f32,
 ) {
@@ -182,7 +178,7 @@ unsafe fn group_at<const K: usize, const S: usize, const MASKED: bool, const REL
     masks: &[VectorMasks],
     v: usize,
     out: *mut f32,
-    d: &Dims,
+    d: &PlaneGeom,
 ) {
     // SAFETY: forwarded contract.
     unsafe {
@@ -214,7 +210,7 @@ unsafe fn vectors_at<
     masks: &[VectorMasks],
     v: usize,
     out: *mut f32,
-    d: &Dims,
+    d: &PlaneGeom,
 ) {
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);

@@ -11,7 +11,7 @@
 
 use std::mem::MaybeUninit;
 
-use super::{Dims, each_plane, relu6_plane};
+use super::{Padded, PlaneGeom, PlaneJob, WeightJob, each_plane, relu6_plane};
 
 /// Lanes of the fused accumulation: 8 independent sums per row chunk.
 const L: usize = 8;
@@ -22,20 +22,11 @@ pub(super) fn scratch_len(rows: usize, pitch: usize, s: usize) -> usize {
     rows * pitch + L * s + L
 }
 
-/// Copies the `sh×sw` plane `src` into `buf` (row pitch `pitch`, `rows` rows) so that
+/// Copies the `sh×sw` plane `src` into `buf` as `at` says, dilated by `dil`:
 /// `buf[r·dil + off][c·dil + off] = src[r][c]`; parts that land outside the buffer are dropped
 /// (negative `off` crops). Everything else in `buf` is left as is (zero).
-#[allow(clippy::too_many_arguments)]
-pub(super) fn fill(
-    src: &[f32],
-    sh: usize,
-    sw: usize,
-    buf: &mut [f32],
-    rows: usize,
-    pitch: usize,
-    off: isize,
-    dil: usize,
-) {
+fn fill(src: &[f32], (sh, sw): (usize, usize), buf: &mut [f32], at: Padded, dil: usize) {
+    let Padded { rows, pitch, off } = at;
     for r in 0..sh {
         let u = (r * dil) as isize + off;
         if u < 0 || u >= rows as isize {
@@ -128,11 +119,11 @@ fn corr_row_fixed<const K: usize>(
 }
 
 /// Padded-buffer geometry of the forward pass (also the input side of the weight gradient).
-pub(super) fn fwd_buf(d: &Dims) -> (usize, usize) {
+pub(super) fn fwd_buf(d: &PlaneGeom) -> (usize, usize) {
     ((d.oh - 1) * d.s + d.k, (d.ow - 1) * d.s + d.k)
 }
 
-pub(super) fn fwd_scratch(d: &Dims) -> usize {
+pub(super) fn fwd_scratch(d: &PlaneGeom) -> usize {
     let (rows, pitch) = fwd_buf(d);
     scratch_len(rows, pitch, d.s)
 }
@@ -143,11 +134,16 @@ fn forward_plane(
     w: &[f32],
     bias: f32,
     y: &mut [MaybeUninit<f32>],
-    d: &Dims,
+    d: &PlaneGeom,
     buf: &mut [f32],
 ) {
     let (rows, pitch) = fwd_buf(d);
-    fill(x, d.h, d.w, buf, rows, pitch, d.p as isize, 1);
+    let at = Padded {
+        rows,
+        pitch,
+        off: d.p as isize,
+    };
+    fill(x, (d.h, d.w), buf, at, 1);
     for (oh, yr) in y.chunks_exact_mut(d.ow).enumerate() {
         corr_row(&buf[oh * d.s * pitch..], pitch, w, d.k, d.s, bias, yr);
     }
@@ -155,7 +151,7 @@ fn forward_plane(
 
 /// Buffer of the input gradient: dy dilated by the stride and padded by k−1−p (negative: cropped),
 /// so dx is its stride-1 correlation with the 180°-rotated kernel.
-fn bwd_buf(d: &Dims) -> (usize, usize, isize) {
+fn bwd_buf(d: &PlaneGeom) -> (usize, usize, isize) {
     (
         d.h + d.k - 1,
         d.w + d.k - 1,
@@ -163,7 +159,7 @@ fn bwd_buf(d: &Dims) -> (usize, usize, isize) {
     )
 }
 
-pub(super) fn bwd_input_scratch(d: &Dims) -> usize {
+pub(super) fn bwd_input_scratch(d: &PlaneGeom) -> usize {
     let (rows, pitch, _) = bwd_buf(d);
     scratch_len(rows, pitch, 1)
 }
@@ -174,11 +170,11 @@ fn backward_input_plane(
     dy: &[f32],
     w: &[f32],
     dx: &mut [MaybeUninit<f32>],
-    d: &Dims,
+    d: &PlaneGeom,
     buf: &mut [f32],
 ) {
     let (rows, pitch, off) = bwd_buf(d);
-    fill(dy, d.oh, d.ow, buf, rows, pitch, off, d.s);
+    fill(dy, (d.oh, d.ow), buf, Padded { rows, pitch, off }, d.s);
     let k = d.k;
     let mut wr = [0f32; 49];
     let wr: &mut [f32] = if k * k <= wr.len() {
@@ -194,38 +190,30 @@ fn backward_input_plane(
     }
 }
 
-/// Weight gradient of channels `c0..c0+nc` (into `dw`, `nc·k²` floats), one channel at a time.
-#[allow(clippy::too_many_arguments)]
+/// Weight gradient of the channels from `c0` (into `dw`, `k²` floats each), one channel at a time.
 pub(super) fn backward_weight_block(
+    job: &WeightJob,
     x: &[f32],
     dy: &[f32],
     c0: usize,
-    nc: usize,
-    nch: usize,
-    n: usize,
-    d: &Dims,
     dw: &mut [f32],
     buf: &mut [f32],
 ) {
-    let k2 = d.k * d.k;
-    for (cc, dwc) in dw.chunks_exact_mut(k2).take(nc).enumerate() {
-        backward_weight_channel(x, dy, c0 + cc, nch, n, d, dwc, buf);
+    let k2 = job.d.k * job.d.k;
+    for (cc, dwc) in dw.chunks_exact_mut(k2).enumerate() {
+        backward_weight_channel(job, (x, dy), c0 + cc, dwc, buf);
     }
 }
 
-/// Weight gradient of one channel, summed over the `n` images: `x` and `dy` are the whole
-/// tensors, the channel's planes are `(img·nch + c)`.
-#[allow(clippy::too_many_arguments)]
+/// Weight gradient of channel `c`, summed over the images.
 fn backward_weight_channel(
-    x: &[f32],
-    dy: &[f32],
+    job: &WeightJob,
+    (x, dy): (&[f32], &[f32]),
     c: usize,
-    nch: usize,
-    n: usize,
-    d: &Dims,
     dw: &mut [f32],
     buf: &mut [f32],
 ) {
+    let d = &job.d;
     let (rows, pitch) = fwd_buf(d);
     let (k, s) = (d.k, d.s);
     let (ip, op) = (d.h * d.w, d.oh * d.ow);
@@ -233,18 +221,14 @@ fn backward_weight_channel(
     // portable path is the fallback, and cancellation in a few-term weight gradient would
     // otherwise show up as a large relative error.
     let mut sums = vec![[0f64; L]; k * k];
-    for img in 0..n {
-        let plane = img * nch + c;
-        fill(
-            &x[plane * ip..][..ip],
-            d.h,
-            d.w,
-            buf,
-            rows,
-            pitch,
-            d.p as isize,
-            1,
-        );
+    let at = Padded {
+        rows,
+        pitch,
+        off: d.p as isize,
+    };
+    for img in 0..job.images {
+        let plane = img * job.chans + c;
+        fill(&x[plane * ip..][..ip], (d.h, d.w), buf, at, 1);
         let dyp = &dy[plane * op..][..op];
         for i in 0..k {
             for j in 0..k {
@@ -278,44 +262,34 @@ fn backward_weight_channel(
     }
 }
 
-/// Forward over a run of planes, the first being plane `first` of the tensor.
-#[allow(clippy::too_many_arguments)]
+/// Forward over a run of planes (see [`super::PlanesFn`]).
 pub(super) fn forward(
+    job: &PlaneJob,
     x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    relu6: bool,
     y: &mut [MaybeUninit<f32>],
     first: usize,
-    chans: usize,
-    d: &Dims,
     buf: &mut [f32],
 ) {
-    let k2 = d.k * d.k;
-    each_plane(x, y, first, chans, d, true, |xp, yp, c| {
-        let b = bias.map_or(0.0, |b| b[c]);
-        forward_plane(xp, &w[c * k2..][..k2], b, yp, d, buf);
-        if relu6 {
+    let (d, k2) = (&job.d, job.d.k * job.d.k);
+    each_plane(job, (x, y, first), true, |xp, yp, c| {
+        let b = job.bias.map_or(0.0, |b| b[c]);
+        forward_plane(xp, &job.w[c * k2..][..k2], b, yp, d, buf);
+        if job.relu6 {
             relu6_plane(yp);
         }
     });
 }
 
 /// Input gradient over a run of planes (`dy` planes in, `dx` planes out).
-#[allow(clippy::too_many_arguments)]
 pub(super) fn backward_input(
+    job: &PlaneJob,
     dy: &[f32],
-    w: &[f32],
-    _: Option<&[f32]>,
-    _: bool,
     dx: &mut [MaybeUninit<f32>],
     first: usize,
-    chans: usize,
-    d: &Dims,
     buf: &mut [f32],
 ) {
-    let k2 = d.k * d.k;
-    each_plane(dy, dx, first, chans, d, false, |gp, xp, c| {
-        backward_input_plane(gp, &w[c * k2..][..k2], xp, d, buf);
+    let (d, k2) = (&job.d, job.d.k * job.d.k);
+    each_plane(job, (dy, dx, first), false, |gp, xp, c| {
+        backward_input_plane(gp, &job.w[c * k2..][..k2], xp, d, buf);
     });
 }

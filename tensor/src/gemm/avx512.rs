@@ -6,8 +6,9 @@
 //! per row. Loop order, outermost first: NC columns of B → KC of the inner dimension (B block
 //! packed into strips of NR columns, kept in L2) → MC rows of A (packed into strips of MR rows,
 //! alpha applied) → MR strip (stays in L1) → NR strip (streams from L2) → micro-kernel. A is
-//! not packed when it comes prepacked ([`PackedLhs`]) or would be used only once; B is not
-//! packed when its producer wrote it in the packed layout ([`PackedRhs`]: im2col does, sparing a
+//! not packed when it comes prepacked ([`PackedLhs`](super::PackedLhs)) or would be used only
+//! once; B is not packed when its producer wrote it in the packed layout
+//! ([`PackedRhs`](super::PackedRhs): im2col does, sparing a
 //! pass over the whole column matrix). Edge tiles run the same kernel instantiated for fewer rows
 //! (one per count, so no work is wasted on padding) and masked stores for fewer columns. The
 //! epilogue (bias, ReLU6) is applied in the stores of the last inner block.
@@ -15,7 +16,8 @@
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::{Epilogue, PackedLhs, PackedRhs, Strided, TILE_COLS as NR, TILE_ROWS as MR};
+use super::dispatch::{Product, RawMat};
+use super::{Epilogue, TILE_COLS as NR, TILE_ROWS as MR};
 
 // Micro-tiles are MR = 12 rows × NR = 32 columns (two zmm vectors) of C: 24 accumulators, two
 // B vectors and a broadcast A element fill 27 of the 32 zmm registers.
@@ -58,14 +60,6 @@ fn with_buffer<R>(
     r
 }
 
-/// A and B of one product: each strided, or prepacked from the given row (A) / column (B) on.
-type Operands<'a> = (
-    Strided,
-    Option<(&'a PackedLhs, usize)>,
-    Strided,
-    Option<(&'a PackedRhs<'a>, usize)>,
-);
-
 /// Floats of a `k×n` B packed whole the way `row_major` packs its blocks: blocks of KC rows one
 /// after another, each in strips of NR columns of `kc` rows × NR contiguous floats, zero past
 /// column n.
@@ -101,81 +95,61 @@ pub(super) fn rhs_offset(k: usize, n: usize, r: usize, j: usize) -> usize {
     pc * n.next_multiple_of(NR) + j / NR * KC.min(k - pc) * NR + (r - pc) * NR
 }
 
-/// True when this CPU runs the kernels here (AVX-512 F, not disabled by `DEPTHSHRINK_NO_SIMD`).
-pub(super) fn available() -> bool {
-    crate::simd::avx512()
-}
-
-/// C = alpha·A·B + beta·C and the epilogue: the contract of [`super::sgemm_raw`] without its
-/// parallel split (`packed_a` holds A from the given row on, `packed_b` B from the given column
-/// on). Returns false (and does nothing) when C has unit stride in neither direction, or only by
-/// columns with an epilogue to apply or a prepacked B.
+/// Runs `p` (its contract: [`Product::run`], without the parallel split; `packed_a` holds A from
+/// the given row on, `packed_b` B from the given column on). Returns false (and does nothing)
+/// when C has unit stride in neither direction, or only by columns with an epilogue to apply or
+/// a prepacked B.
 ///
 /// # Safety
-/// As [`super::sgemm_raw`], and [`available`] must be true.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn sgemm(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    a: Strided,
-    packed_a: Option<(&PackedLhs, usize)>,
-    b: Strided,
-    packed_b: Option<(&PackedRhs, usize)>,
-    beta: f32,
-    c: *mut f32,
-    rsc: isize,
-    csc: isize,
-    epilogue: Epilogue,
-) -> bool {
-    let operands = (a, packed_a, b, packed_b);
+/// As [`Product::run`], and the CPU must have AVX-512 F (`p.level` says so).
+pub(super) unsafe fn sgemm(p: &Product) -> bool {
     // SAFETY (both calls): the caller's contract; AVX-512 F is present.
-    if csc == 1 {
-        unsafe { row_major(m, k, n, alpha, operands, beta, c, rsc, epilogue) };
-    } else if rsc == 1 && epilogue.is_noop() && packed_b.is_none() {
+    if p.c.cs == 1 {
+        unsafe { row_major(p) };
+    } else if p.c.rs == 1 && p.epilogue.is_noop() && p.packed_b.is_none() {
         // Cᵀ (n×m, row-major) = Bᵀ·Aᵀ.
-        let t = |(p, rs, cs): Strided| (p, cs, rs);
-        let operands = (t(b), None, t(a), None);
-        unsafe { row_major(n, k, m, alpha, operands, beta, c, csc, epilogue) };
+        let t = Product {
+            m: p.n,
+            n: p.m,
+            a: p.b.t(),
+            packed_a: None,
+            b: p.a.t(),
+            c: super::RawMatMut::new(p.c.ptr, p.c.cs, 1),
+            ..*p
+        };
+        unsafe { row_major(&t) };
     } else {
         return false;
     }
     true
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The blocked product of a row-major C (`p.c.cs == 1`).
 #[target_feature(enable = "avx512f")]
-unsafe fn row_major(
-    m: usize,
-    k: usize,
-    n: usize,
-    alpha: f32,
-    (a, packed_a, b, packed_b): Operands,
-    beta: f32,
-    c: *mut f32,
-    ldc: isize,
-    epilogue: Epilogue,
-) {
-    assert!(packed_b.is_none_or(|(p, _)| p.layout.k == k && p.layout.n >= n));
+unsafe fn row_major(p: &Product) {
+    let (m, k, n, alpha, a, ldc) = (p.m, p.k, p.n, p.alpha, p.a, p.c.rs);
+    assert!(
+        p.packed_b
+            .is_none_or(|(b, _)| b.layout().k == k && b.layout().n >= n)
+    );
     // A prepacked A (alpha 1) replaces packing when its row strips line up with this call's.
-    let packed = packed_a.filter(|&(p, r0)| {
+    let packed = p.packed_a.filter(|&(pa, r0)| {
         alpha == 1.0
-            && p.k == k
+            && pa.k == k
             && r0.is_multiple_of(MR)
-            && (r0 + m == p.m || m.is_multiple_of(MR) && r0 + m <= p.m)
+            && (r0 + m == pa.m || m.is_multiple_of(MR) && r0 + m <= pa.m)
     });
     // With a single column strip every element of A is used once per inner block: packing A
     // would copy it for nothing, so a row-major A is read in place (weight gradients, C = dY·Xᵀ
     // with few columns).
-    let direct_a = packed.is_none() && a.2 == 1 && alpha == 1.0 && n <= NR;
+    let direct_a = packed.is_none() && a.cs == 1 && alpha == 1.0 && n <= NR;
     let kc_max = k.min(KC);
     let a_floats = if direct_a || packed.is_some() {
         0
     } else {
         kc_max * m.min(MC).next_multiple_of(MR)
     };
-    let b_floats = if packed_b.is_some() {
+    let b_floats = if p.packed_b.is_some() {
         0
     } else {
         kc_max * n.min(NC).next_multiple_of(NR)
@@ -188,28 +162,27 @@ unsafe fn row_major(
                     let kc = KC.min(k - pc);
                     // Later inner-dimension blocks accumulate onto the first one's result; the
                     // last one applies the epilogue.
-                    let beta = if pc == 0 { beta } else { 1.0 };
-                    let epilogue = (pc + kc == k).then_some(epilogue);
+                    let beta = if pc == 0 { p.beta } else { 1.0 };
+                    let epilogue = (pc + kc == k).then_some(p.epilogue);
                     // SAFETY: (all below) the block lies inside B, A and C by the caller's
                     // contract; the buffers hold kc_max·(nc, mc rounded up to whole strips);
-                    // a packed A holds `p.m` rows in blocks of KC columns (see `pack_lhs`).
+                    // a packed A holds `pa.m` rows in blocks of KC columns (see `pack_lhs`).
                     unsafe {
-                        let bp = match packed_b {
-                            Some((p, j0)) => p.block(pc, j0 + jc),
+                        let bp = match p.packed_b {
+                            Some((b, j0)) => b.block(pc, j0 + jc),
                             None => {
-                                let bsrc = b.0.offset(pc as isize * b.1 + jc as isize * b.2);
-                                pack_b(kc, nc, (bsrc, b.1, b.2), b_buf);
+                                pack_b(kc, nc, p.b.at(pc, jc), b_buf);
                                 b_buf.cast_const()
                             }
                         };
                         for ic in (0..m).step_by(MC) {
                             let mc = MC.min(m - ic);
-                            let asrc = a.0.offset(ic as isize * a.1 + pc as isize * a.2);
+                            let asrc = a.at(ic, pc);
                             let a_block = match packed {
-                                Some((p, r0)) => p.data.as_ptr().add(p.m * pc + (r0 + ic) * kc),
-                                None if direct_a => asrc,
+                                Some((pa, r0)) => pa.data.as_ptr().add(pa.m * pc + (r0 + ic) * kc),
+                                None if direct_a => asrc.ptr,
                                 None => {
-                                    pack_a(mc, kc, alpha, (asrc, a.1, a.2), ap);
+                                    pack_a(mc, kc, alpha, asrc, ap);
                                     ap.cast_const()
                                 }
                             };
@@ -218,18 +191,31 @@ unsafe fn row_major(
                             // the 32 KiB B strip instead, with A strips passing through a 48 KiB
                             // L1, took 7-16% longer on 2048³ and no less on conv shapes.)
                             for ir in (0..mc).step_by(MR) {
-                                let rows = MR.min(mc - ir);
-                                let panel = if direct_a {
-                                    (a_block.offset(ir as isize * a.1), a.1)
+                                let (a, lda) = if direct_a {
+                                    (a_block.offset(ir as isize * a.rs), a.rs)
                                 } else {
                                     (a_block.add(ir * kc), 0)
                                 };
-                                let epi = epilogue.map(|e| e.rows_from(ic + ir));
-                                let c_row = c.offset((ic + ir) as isize * ldc + jc as isize);
+                                let c_row = p.c.ptr.offset((ic + ir) as isize * ldc + jc as isize);
+                                let strip = Tile {
+                                    rows: MR.min(mc - ir),
+                                    cols: 0,
+                                    kc,
+                                    a,
+                                    lda,
+                                    b: bp,
+                                    beta,
+                                    c: c_row,
+                                    ldc,
+                                    epi: epilogue.map(|e| e.rows_from(ic + ir)),
+                                };
                                 for jr in (0..nc).step_by(NR) {
-                                    let (cp, bs) = (c_row.add(jr), bp.add(jr * kc));
-                                    let cols = NR.min(nc - jr);
-                                    tile(rows, cols, kc, panel, bs, beta, (cp, ldc), epi);
+                                    tile(Tile {
+                                        cols: NR.min(nc - jr),
+                                        b: bp.add(jr * kc),
+                                        c: c_row.add(jr),
+                                        ..strip
+                                    });
                                 }
                             }
                         }
@@ -246,18 +232,10 @@ unsafe fn row_major(
 /// # Safety
 /// A must lie inside its allocation; `dst` must be valid for `m·k` writes.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn pack_lhs(m: usize, k: usize, (a, rs, cs): Strided, dst: *mut f32) {
+pub(super) unsafe fn pack_lhs(m: usize, k: usize, a: RawMat, dst: *mut f32) {
     for pc in (0..k).step_by(KC) {
         // SAFETY: block `pc` of A, into its `m·kc` floats of `dst`.
-        unsafe {
-            pack_a(
-                m,
-                KC.min(k - pc),
-                1.0,
-                (a.offset(pc as isize * cs), rs, cs),
-                dst.add(m * pc),
-            )
-        };
+        unsafe { pack_a(m, KC.min(k - pc), 1.0, a.at(0, pc), dst.add(m * pc)) };
     }
 }
 
@@ -265,7 +243,8 @@ pub(super) unsafe fn pack_lhs(m: usize, k: usize, (a, rs, cs): Strided, dst: *mu
 /// floats, zero-padded past column `nc`.
 #[target_feature(enable = "avx512f")]
 #[inline(never)]
-unsafe fn pack_b(kc: usize, nc: usize, (b, rs, cs): Strided, dst: *mut f32) {
+unsafe fn pack_b(kc: usize, nc: usize, b: RawMat, dst: *mut f32) {
+    let RawMat { ptr: b, rs, cs } = b;
     for j0 in (0..nc).step_by(NR) {
         let cols = NR.min(nc - j0);
         // SAFETY: reads stay inside the kc×nc block; writes inside strip j0 of `dst`, whose
@@ -314,7 +293,8 @@ unsafe fn pack_b(kc: usize, nc: usize, (b, rs, cs): Strided, dst: *mut f32) {
 /// `rows` contiguous floats (a last strip of fewer rows is packed just as narrow).
 #[target_feature(enable = "avx512f")]
 #[inline(never)]
-unsafe fn pack_a(mc: usize, kc: usize, alpha: f32, (a, rs, cs): Strided, dst: *mut f32) {
+unsafe fn pack_a(mc: usize, kc: usize, alpha: f32, a: RawMat, dst: *mut f32) {
+    let RawMat { ptr: a, rs, cs } = a;
     let valpha = _mm512_set1_ps(alpha);
     for i0 in (0..mc).step_by(MR) {
         let rows = MR.min(mc - i0);
@@ -410,36 +390,48 @@ fn mask(n: usize) -> __mmask16 {
     if n >= 16 { 0xffff } else { (1u16 << n) - 1 }
 }
 
+/// One micro-tile's operands: `rows×cols` of C (`rows` ≤ MR, `cols` ≤ NR) from `kc` inner
+/// steps.
+#[derive(Clone, Copy)]
+struct Tile<'a> {
+    rows: usize,
+    cols: usize,
+    kc: usize,
+    /// `rows×kc` packed floats (`lda == 0`), or the unpacked block of a row-major A with row
+    /// stride `lda`.
+    a: *const f32,
+    lda: isize,
+    /// A packed `kc×NR` strip of B, 64-byte aligned.
+    b: *const f32,
+    beta: f32,
+    /// The tile of C and its row stride.
+    c: *mut f32,
+    ldc: isize,
+    /// The epilogue of the tile's rows, if this is the last inner block.
+    epi: Option<Epilogue<'a>>,
+}
+
 /// One micro-tile: dispatches on the number of rows so each count has its own fully unrolled
 /// kernel, and on the columns so a tile of ≤ 16 runs one vector per row.
 ///
 /// # Safety
-/// `a` is `(pointer, 0)` to `rows×kc` packed floats or `(pointer, row stride)` to the unpacked
-/// `rows×kc` block of a row-major A; `bp` is a packed `kc×NR` strip, C the `rows×cols` tile
-/// (pointer, row stride), `epi` the epilogue of its rows if this is the last inner block.
-#[allow(clippy::too_many_arguments)]
+/// The tile's pointers address what its fields say, inside live allocations; AVX-512 F present.
 #[target_feature(enable = "avx512f")]
-unsafe fn tile(
-    rows: usize,
-    cols: usize,
-    kc: usize,
-    (ap, lda): (*const f32, isize),
-    bp: *const f32,
-    beta: f32,
-    c: (*mut f32, isize),
-    epi: Option<Epilogue>,
-) {
-    let epi = epi.filter(|e| !e.is_noop());
+unsafe fn tile(t: Tile) {
+    let t = Tile {
+        epi: t.epi.filter(|e| !e.is_noop()),
+        ..t
+    };
     macro_rules! dispatch {
         ($($r:literal)*) => {
-            match (rows, cols > 16, lda != 0) {
+            match (t.rows, t.cols > 16, t.lda != 0) {
                 $(
-                    ($r, true, false) => micro::<$r, 2, false>(kc, ap, 0, bp, beta, c, cols, epi),
-                    ($r, false, false) => micro::<$r, 1, false>(kc, ap, 0, bp, beta, c, cols, epi),
-                    ($r, true, true) => micro::<$r, 2, true>(kc, ap, lda, bp, beta, c, cols, epi),
-                    ($r, false, true) => micro::<$r, 1, true>(kc, ap, lda, bp, beta, c, cols, epi),
+                    ($r, true, false) => micro::<$r, 2, false>(t),
+                    ($r, false, false) => micro::<$r, 1, false>(t),
+                    ($r, true, true) => micro::<$r, 2, true>(t),
+                    ($r, false, true) => micro::<$r, 1, true>(t),
                 )*
-                _ => unreachable!("micro-tile of {rows} rows"),
+                _ => unreachable!("micro-tile of {} rows", t.rows),
             }
         };
     }
@@ -450,19 +442,21 @@ unsafe fn tile(
 /// The register-blocked kernel: `R` rows × `V` vectors of C accumulated over `kc` steps, then
 /// C = epi(acc + beta·C) (C not read when beta == 0), columns past `cols` left untouched. A is
 /// packed, or read in place with row stride `lda` when `DIRECT`.
-#[allow(clippy::too_many_arguments)]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn micro<const R: usize, const V: usize, const DIRECT: bool>(
-    kc: usize,
-    ap: *const f32,
-    lda: isize,
-    bp: *const f32,
-    beta: f32,
-    (c, ldc): (*mut f32, isize),
-    cols: usize,
-    epi: Option<Epilogue>,
-) {
+unsafe fn micro<const R: usize, const V: usize, const DIRECT: bool>(t: Tile) {
+    let Tile {
+        kc,
+        a: ap,
+        lda,
+        b: bp,
+        beta,
+        c,
+        ldc,
+        cols,
+        epi,
+        ..
+    } = t;
     // SAFETY: the caller's contract (see `tile`); the packed B strip is 64-byte aligned.
     unsafe {
         let mut acc = [[_mm512_setzero_ps(); V]; R];
