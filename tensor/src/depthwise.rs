@@ -229,7 +229,7 @@ fn check_lens(what: &str, got: usize, want: usize) {
     );
 }
 
-/// y[n,c] = x[n,c] ⋆ w[c] (+ bias[c]), the bias fused into the accumulator's initial value,
+/// `y[n,c] = x[n,c] ⋆ w[c] (+ bias[c])`, the bias fused into the accumulator's initial value,
 /// then clamped to [0, 6] if `relu6`. `y` need not be initialised: every element is written.
 ///
 /// Panics if the slice lengths don't match `g` or `g` is not depthwise.
@@ -391,7 +391,7 @@ fn avx2_backward_input(_: &PlaneGeom) -> (usize, PlanesFn) {
     unreachable!()
 }
 
-/// dw[c,u,v] = Σ_{n,i,j} dy[n,c,i,j] · x[n,c,i·s+u−p, j·s+v−p], summed over the batch:
+/// `dw[c,u,v] = Σ_{n,i,j} dy[n,c,i,j] · x[n,c,i·s+u−p, j·s+v−p]`, summed over the batch:
 /// k² vector accumulators per channel, parallel over blocks of channels.
 ///
 /// Panics if the slice lengths don't match `g` or `g` is not depthwise.

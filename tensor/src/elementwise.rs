@@ -1,8 +1,8 @@
 //! Elementwise arithmetic with the broadcasts a CNN needs, in-place gradient accumulation, and the
 //! clamp-family activations (relu, relu6, clamp) with their backward passes.
 //!
-//! Every pass walks contiguous slices, one rayon task per run of ≥ [`CHUNK`] elements once the
-//! tensor has [`PAR_MIN`] elements, so the fork pays. Outputs are written exactly once into fresh,
+//! Every pass walks contiguous slices, one rayon task per run of ≥ `CHUNK` elements once the
+//! tensor has `PAR_MIN` elements, so the fork pays. Outputs are written exactly once into fresh,
 //! uninitialised storage: an out-of-place op costs one read per input plus one write, the
 //! memory-bandwidth floor (zero-filling first would add a whole extra write pass).
 //!

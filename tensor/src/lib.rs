@@ -6,6 +6,8 @@
 //! plain-loop twin in `reference` (compiled for tests only) that the property tests compare against,
 //! at every SIMD level the CPU has ([`simd`]: one switch every hand-vectorised kernel honours).
 
+#![warn(missing_docs)]
+
 mod error;
 mod geometry;
 mod tensor;

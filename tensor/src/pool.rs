@@ -14,12 +14,16 @@ use crate::{Result, Tensor, TensorError};
 /// Window size `k`×`k`, `stride` and zero `pad` of a 2-D pooling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PoolParams {
+    /// Window side.
     pub k: usize,
+    /// Step between windows.
     pub stride: usize,
+    /// Zero padding on each side (it never wins a max and counts in an average's divisor).
     pub pad: usize,
 }
 
 impl PoolParams {
+    /// `k`×`k` windows every `stride`, `pad` on each side.
     pub fn new(k: usize, stride: usize, pad: usize) -> Self {
         PoolParams { k, stride, pad }
     }

@@ -3,7 +3,7 @@
 //! N×C×H×W (conv bias gradients), and the row argmax (accuracy).
 //!
 //! Sums run in 16 independent f32 lanes (a single accumulator is a serial add chain that cannot
-//! vectorise) flushed into f64 every 512 elements, per chunk of [`CHUNK`] elements in parallel;
+//! vectorise) flushed into f64 every 512 elements, per chunk of `CHUNK` elements in parallel;
 //! chunk sums are then added in a fixed order, so results do not depend on how rayon scheduled
 //! the chunks.
 

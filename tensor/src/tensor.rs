@@ -31,10 +31,12 @@ impl Tensor {
         })
     }
 
+    /// A tensor of `shape` filled with 0.
     pub fn zeros(shape: &[usize]) -> Tensor {
         Tensor::full(shape, 0.0)
     }
 
+    /// A tensor of `shape` filled with `value`.
     pub fn full(shape: &[usize], value: f32) -> Tensor {
         let numel = shape.iter().product();
         Tensor {
@@ -43,6 +45,7 @@ impl Tensor {
         }
     }
 
+    /// A 0-dimensional tensor holding `value`.
     pub fn scalar(value: f32) -> Tensor {
         Tensor {
             shape: vec![],
@@ -55,26 +58,32 @@ impl Tensor {
         Tensor::from_vec(shape, data.iter().map(|v| v.to_f32()).collect())
     }
 
+    /// Converts bfloat16 storage (as found in checkpoints) to f32.
     pub fn from_bf16(shape: &[usize], data: &[bf16]) -> Result<Tensor> {
         Tensor::from_vec(shape, data.iter().map(|v| v.to_f32()).collect())
     }
 
+    /// The values rounded to half precision (for checkpoints stored as F16).
     pub fn to_f16(&self) -> Vec<f16> {
         self.data.iter().map(|&v| f16::from_f32(v)).collect()
     }
 
+    /// The values rounded to bfloat16 (for checkpoints stored as BF16).
     pub fn to_bf16(&self) -> Vec<bf16> {
         self.data.iter().map(|&v| bf16::from_f32(v)).collect()
     }
 
+    /// The dimensions, outermost first (NCHW for images).
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The number of dimensions.
     pub fn ndim(&self) -> usize {
         self.shape.len()
     }
 
+    /// The number of elements (the product of the dimensions).
     pub fn numel(&self) -> usize {
         self.data.len()
     }
@@ -100,6 +109,7 @@ impl Tensor {
         }
     }
 
+    /// The values, row-major (contiguous).
     pub fn data(&self) -> &[f32] {
         &self.data
     }

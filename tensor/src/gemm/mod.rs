@@ -8,7 +8,7 @@
 //! from inside another kernel's task it runs on that thread alone; otherwise a large product is
 //! split into blocks of C across the pool.
 //!
-//! Layout: `dispatch.rs` holds [`Product`] (one product on raw pointers: checks, parallel split,
+//! Layout: `dispatch.rs` holds `Product` (one product on raw pointers: checks, parallel split,
 //! kernel choice), `packing.rs` the prepacked operands and the epilogue, `kernels.rs` the dot
 //! products and the backend calls, `avx512.rs` the AVX-512 kernel.
 
