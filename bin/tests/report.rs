@@ -209,6 +209,16 @@ channels = 0.5
 name = "blocks-3"
 method = "block_pruning"
 blocks = [3]
+[[network]]
+name = "no-distill"
+method = "ablation"
+ablation = "no_distill"
+keep_from = "ds-keep9"
+[[network]]
+name = "scratch"
+method = "ablation"
+ablation = "from_scratch"
+keep_from = "ds-keep9"
 "#,
             s(&base.join("last.safetensors")),
             s(&out),
@@ -217,7 +227,7 @@ blocks = [3]
     )
     .unwrap();
     let stdout = ok(&["--threads", "2", "study", s(&plan)]);
-    assert!(stdout.contains("6 networks in"), "{stdout}");
+    assert!(stdout.contains("8 networks in"), "{stdout}");
     for name in [
         "baseline",
         "ds-keep9",
@@ -225,6 +235,8 @@ blocks = [3]
         "w0.2",
         "channels-0.5",
         "blocks-3",
+        "no-distill",
+        "scratch",
     ] {
         let record = common::json(&out.join(name).join("summary.json"));
         assert_eq!(record["name"], name);
@@ -257,6 +269,13 @@ blocks = [3]
         stderr(&err)
     );
 
+    // The ablations use the DepthShrinker network's keep list.
+    for name in ["no-distill", "scratch"] {
+        assert_eq!(
+            common::json(&out.join(name).join("summary.json"))["keep"],
+            ds["keep"]
+        );
+    }
     let pruned = common::json(&out.join("blocks-3/summary.json"));
     assert_eq!(pruned["arch"]["dropped_blocks"], serde_json::json!([2]));
     let pruned = common::json(&out.join("channels-0.5/summary.json"));
@@ -264,7 +283,7 @@ blocks = [3]
 
     ok(&["latency", "--study", s(&out), "--runs", "1"]);
     let stdout = ok(&["report", s(&out)]);
-    assert!(stdout.contains("6 networks"), "{stdout}");
+    assert!(stdout.contains("8 networks"), "{stdout}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("random removal") && html.contains("gate scores of ds-keep9"));
 }

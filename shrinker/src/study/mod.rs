@@ -338,6 +338,24 @@ pub struct NetworkPlan {
     /// The command that made a network the study does not make itself (the baseline).
     #[serde(default)]
     pub command: Option<String>,
+    /// Which ingredient an ablation takes out (ablation networks only).
+    #[serde(default)]
+    pub ablation: Option<Ablation>,
+    /// The DepthShrinker network of the plan whose keep list and merge plan an ablation uses
+    /// (listed, and so run, before it).
+    #[serde(default)]
+    pub keep_from: Option<String>,
+}
+
+/// The ingredients of the paper's Table 4 a study can take out of a DepthShrinker network.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ablation {
+    /// Finetune without self-distillation.
+    NoDistill,
+    /// Train the compressed architecture from scratch with the baseline's recipe, no
+    /// pretraining.
+    FromScratch,
 }
 
 impl StudyPlan {
@@ -361,6 +379,8 @@ impl StudyPlan {
                 ("width", n.width.is_some(), &[Method::Width]),
                 ("channels", n.channels.is_some(), &[Method::ChannelPruning]),
                 ("blocks", n.blocks.is_some(), &[Method::BlockPruning]),
+                ("ablation", n.ablation.is_some(), &[Method::Ablation]),
+                ("keep_from", n.keep_from.is_some(), &[Method::Ablation]),
             ];
             for (key, given, methods) in settings {
                 if given != methods.contains(&n.method) {
@@ -378,12 +398,21 @@ impl StudyPlan {
                     n.name
                 )));
             }
-            if n.method == Method::Ablation {
-                return Err(bad(format!(
-                    "network `{}`: the {} method cannot be run by a study plan yet",
-                    n.name,
-                    n.method.label()
-                )));
+            if let Some(source) = &n.keep_from {
+                let earlier = &plan.networks[..plan
+                    .networks
+                    .iter()
+                    .position(|m| m.name == n.name)
+                    .expect("listed")];
+                if !earlier
+                    .iter()
+                    .any(|m| &m.name == source && m.method == Method::Depthshrinker)
+                {
+                    return Err(bad(format!(
+                        "network `{}`: keep_from = `{source}` must name a depthshrinker network listed before it",
+                        n.name
+                    )));
+                }
             }
         }
         Ok(plan)
@@ -524,6 +553,14 @@ mod tests {
         assert!(err.contains("network `w`: `keep`"), "{err}");
         let err = plan("name = \"b\"\nmethod = \"block_pruning\"\nblocks = [0]").unwrap_err();
         assert!(err.contains("from 1"), "{err}");
+        let err = plan(
+            "name = \"a\"\nmethod = \"ablation\"\nablation = \"no_distill\"\nkeep_from = \"d\"",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("must name a depthshrinker network listed before it"),
+            "{err}"
+        );
         let err = plan("name = \"x\"\nmethod = \"nope\"").unwrap_err();
         assert!(err.contains("plan.toml"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();

@@ -7,14 +7,14 @@ use depthshrink_nn::keep::KeepList;
 use depthshrink_nn::module::num_params;
 use depthshrink_nn::network::Network;
 
-use super::{Method, NetworkPlan, RunRecord, SEARCH_METRICS, SUMMARY, StudyPlan};
+use super::{Ablation, Method, NetworkPlan, RunRecord, SEARCH_METRICS, SUMMARY, StudyPlan};
 use crate::config::TrainConfig;
 use crate::finetune::{Pretrained, finetune};
 use crate::latency::{LatencyTable, measure};
 use crate::merge::{blocks_to_merge, merge_and_verify};
 use crate::prune::{prune_blocks, prune_channels};
 use crate::search::{SEARCH_JSON, random_search, search};
-use crate::train::{LAST, METRICS, Observer, evaluate, read_metrics, train};
+use crate::train::{CrossEntropy, LAST, METRICS, Observer, Trainer, evaluate, read_metrics, train};
 use crate::{StageError, write_json};
 
 /// Timed passes per block of the search's latency table.
@@ -161,11 +161,57 @@ pub fn run_network(
             copy(&ft_dir.join(METRICS), &out.join(METRICS))?;
             (tuned, None, None, plan.finetune_epochs)
         }
-        other => {
-            return Err(StageError::Config(format!(
-                "the {} method cannot be run by a study plan yet",
-                other.label()
-            )));
+        Method::Ablation => {
+            let source_name = net.keep_from.as_ref().expect("checked by StudyPlan::read");
+            let source = plan
+                .networks
+                .iter()
+                .find(|n| &n.name == source_name)
+                .expect("checked by StudyPlan::read");
+            let source = run_network(plan, plan_path, source, observer)?;
+            let keep = source.keep.clone().ok_or_else(|| {
+                StageError::Keep(format!("network `{source_name}` records no keep list"))
+            })?;
+            let merge_plan = source.merged.clone().unwrap_or_default();
+            let pretrained = load(&plan.pretrained)?;
+            let (trained, epochs) = match net.ablation.expect("checked by StudyPlan::read") {
+                Ablation::NoDistill => {
+                    let mut config = base.clone();
+                    config.epochs = plan.finetune_epochs;
+                    config.lr.set_lr(plan.stage_lr);
+                    config.search = None;
+                    config.distill = None;
+                    let ft_dir = work.join("finetune");
+                    let tuned = finetune(
+                        config,
+                        Pretrained {
+                            network: &pretrained,
+                            file: Some(&plan.pretrained),
+                            teacher: None,
+                        },
+                        &keep,
+                        &ft_dir,
+                        resume(&ft_dir),
+                        observer,
+                    )?;
+                    copy(&ft_dir.join(METRICS), &out.join(METRICS))?;
+                    (tuned, plan.finetune_epochs)
+                }
+                Ablation::FromScratch => {
+                    let mut fresh = Network::new(&pretrained.arch, base.seed);
+                    fresh.apply_keep(&keep)?;
+                    let mut trainer =
+                        Trainer::with_model(base.clone(), &work, resume(&work), Some(fresh))?;
+                    let mut objective = CrossEntropy {
+                        smoothing: base.label_smoothing as f32,
+                    };
+                    trainer.run_stage("training from scratch", observer, &mut objective)?;
+                    copy(&work.join(METRICS), &out.join(METRICS))?;
+                    (trainer.model, base.epochs)
+                }
+            };
+            let merged = merge_and_verify(&trained, merge_plan, res)?;
+            (merged.network, Some(keep), Some(merged.plan), epochs)
         }
     };
     let top1 = 100.0 * evaluate(&deployed, &data.test)?.top1;
