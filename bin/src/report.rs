@@ -46,7 +46,9 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
         .unwrap_or_else(|| args.dir.join("report.html"));
     let html = render(&study)?;
     plot::write(&out, &html)?;
-    println!("wrote {} ({} networks)", out.display(), study.runs.len());
+    let n = study.runs.len();
+    let s = if n == 1 { "" } else { "s" };
+    println!("wrote {} ({n} network{s})", out.display());
     Ok(())
 }
 
