@@ -7,7 +7,6 @@ use std::time::Instant;
 use clap::Args;
 use depthshrink_shrinker::study::{StudyPlan, run_network};
 
-use crate::args::stage_error;
 use crate::train::Progress;
 
 #[derive(Args)]
@@ -21,7 +20,7 @@ pub struct StudyArgs {
 }
 
 pub fn run(args: &StudyArgs) -> Result<(), String> {
-    let plan = StudyPlan::read(&args.plan).map_err(stage_error)?;
+    let plan = StudyPlan::read(&args.plan).map_err(|e| e.to_string())?;
     if let Some(name) = args
         .only
         .iter()
@@ -46,8 +45,8 @@ pub fn run(args: &StudyArgs) -> Result<(), String> {
             net.name,
             net.method.label()
         );
-        let record =
-            run_network(&plan, &args.plan, net, &mut Progress::new()).map_err(stage_error)?;
+        let record = run_network(&plan, &args.plan, net, &mut Progress::new())
+            .map_err(|e| format!("{}: {e}", net.name))?;
         println!(
             "{}: top-1 {:.2}%{} → {}",
             record.name,
