@@ -93,25 +93,13 @@ pub fn run_network(
                         net.name
                     ))
                 })?;
-            let mut config = base.clone();
-            config.epochs = plan.finetune_epochs;
-            config.lr.set_lr(plan.stage_lr);
-            config.search = None;
-            config.distill = Some(plan.distill.clone());
-            let ft_dir = work.join("finetune");
-            let finetuned = finetune(
-                config,
-                Pretrained {
-                    network: &pretrained,
-                    file: Some(&plan.pretrained),
-                    teacher: None,
-                },
-                &keep,
-                &ft_dir,
-                resume(&ft_dir),
-                observer,
-            )?;
-            copy(&ft_dir.join(METRICS), &out.join(METRICS))?;
+            let from = Pretrained {
+                network: &pretrained,
+                file: Some(&plan.pretrained),
+                teacher: None,
+            };
+            let config = finetune_config(plan, &base, true);
+            let finetuned = finetune_in(&work, &out, config, from, &keep, observer)?;
             let merge_plan = blocks_to_merge(&finetuned, false, Some(&table));
             let merged = merge_and_verify(&finetuned, merge_plan, res)?;
             observer.note(&format!(
@@ -138,27 +126,16 @@ pub fn run_network(
                 }
                 (None, None) => unreachable!("checked by StudyPlan::read"),
             };
-            let mut config = base.clone();
-            config.epochs = plan.finetune_epochs;
-            config.lr.set_lr(plan.stage_lr);
-            config.search = None;
-            config.distill = Some(plan.distill.clone());
+            let mut config = finetune_config(plan, &base, true);
             config.model.hidden_ratio = pruned.arch.hidden_ratio.map(f64::from);
             config.model.dropped_blocks = pruned.arch.dropped_blocks.clone();
-            let ft_dir = work.join("finetune");
-            let tuned = finetune(
-                config,
-                Pretrained {
-                    network: &pruned,
-                    file: None,
-                    teacher: Some(&pretrained),
-                },
-                &KeepList::all(pruned.num_acts()),
-                &ft_dir,
-                resume(&ft_dir),
-                observer,
-            )?;
-            copy(&ft_dir.join(METRICS), &out.join(METRICS))?;
+            let from = Pretrained {
+                network: &pruned,
+                file: None,
+                teacher: Some(&pretrained),
+            };
+            let keep = KeepList::all(pruned.num_acts());
+            let tuned = finetune_in(&work, &out, config, from, &keep, observer)?;
             (tuned, None, None, plan.finetune_epochs)
         }
         Method::Ablation => {
@@ -176,25 +153,13 @@ pub fn run_network(
             let pretrained = load(&plan.pretrained)?;
             let (trained, epochs) = match net.ablation.expect("checked by StudyPlan::read") {
                 Ablation::NoDistill => {
-                    let mut config = base.clone();
-                    config.epochs = plan.finetune_epochs;
-                    config.lr.set_lr(plan.stage_lr);
-                    config.search = None;
-                    config.distill = None;
-                    let ft_dir = work.join("finetune");
-                    let tuned = finetune(
-                        config,
-                        Pretrained {
-                            network: &pretrained,
-                            file: Some(&plan.pretrained),
-                            teacher: None,
-                        },
-                        &keep,
-                        &ft_dir,
-                        resume(&ft_dir),
-                        observer,
-                    )?;
-                    copy(&ft_dir.join(METRICS), &out.join(METRICS))?;
+                    let from = Pretrained {
+                        network: &pretrained,
+                        file: Some(&plan.pretrained),
+                        teacher: None,
+                    };
+                    let config = finetune_config(plan, &base, false);
+                    let tuned = finetune_in(&work, &out, config, from, &keep, observer)?;
                     (tuned, plan.finetune_epochs)
                 }
                 Ablation::FromScratch => {
@@ -244,6 +209,33 @@ pub fn run_network(
     };
     write_json(&summary, &record)?;
     Ok(record)
+}
+
+/// The plan's finetuning budget on the baseline recipe: its epochs and learning rate, no
+/// search, distillation from the plan unless `distill` is false.
+fn finetune_config(plan: &StudyPlan, base: &TrainConfig, distill: bool) -> TrainConfig {
+    let mut config = base.clone();
+    config.epochs = plan.finetune_epochs;
+    config.lr.set_lr(plan.stage_lr);
+    config.search = None;
+    config.distill = distill.then(|| plan.distill.clone());
+    config
+}
+
+/// Finetunes in `work/finetune` (resuming a run there) and copies its metrics to `out`.
+fn finetune_in(
+    work: &Path,
+    out: &Path,
+    config: TrainConfig,
+    from: Pretrained<'_>,
+    keep: &KeepList,
+    observer: &mut dyn Observer,
+) -> Result<Network, StageError> {
+    let dir = work.join("finetune");
+    let resume = dir.join(LAST).exists();
+    let tuned = finetune(config, from, keep, &dir, resume, observer)?;
+    copy(&dir.join(METRICS), &out.join(METRICS))?;
+    Ok(tuned)
 }
 
 fn write_err(path: &Path, e: std::io::Error) -> StageError {
