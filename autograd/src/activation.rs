@@ -23,12 +23,13 @@ impl Backward for Relu6Backward {
     }
 }
 
-/// The search stage's activation (depthshrinker.md §3). With c = clip(s, 0, 1) and m = 1 when
-/// this iteration removes the site: y = ReLU6(x) + (x − ReLU6(x))·(m − stopgrad(c) + c).
-/// The forward value and dy/dx follow the hard choice; dy/ds = x − ReLU6(x) for 0 ≤ s ≤ 1, else 0.
+/// The search stage's activation (depthshrinker.md §3). With m = 1 when this iteration removes
+/// the site and `gate` = c (the site's score, or the score clipped to [0, 1] as the paper
+/// writes it, see [`crate::ops::clamp`]): y = ReLU6(x) + (x − ReLU6(x))·(m − stopgrad(c) + c).
+/// The forward value and dy/dx follow the hard choice; dy/dc = x − ReLU6(x).
 /// `gate` is a one-element tensor; sites sharing a gate sum their gate gradients on the tape.
 pub fn gated_relu6(x: &Var, gate: &Var, removed: bool) -> Result<Var> {
-    let s = gate.value().item().map_err(|_| {
+    gate.value().item().map_err(|_| {
         TensorError::shape(
             "gated_relu6",
             format!("the gate must hold one value, got shape {:?}", gate.shape()),
@@ -43,7 +44,6 @@ pub fn gated_relu6(x: &Var, gate: &Var, removed: bool) -> Result<Var> {
         x: x.value().clone(),
         gate_shape: gate.shape().to_vec(),
         removed,
-        in_range: (0.0..=1.0).contains(&s),
     }))
 }
 
@@ -51,7 +51,6 @@ struct GatedRelu6Backward {
     x: Tensor,
     gate_shape: Vec<usize>,
     removed: bool,
-    in_range: bool,
 }
 
 impl Backward for GatedRelu6Backward {
@@ -61,26 +60,22 @@ impl Backward for GatedRelu6Backward {
             (true, true) => Some(dy.clone()),
             (true, false) => Some(elementwise::relu6_backward(&self.x, dy)?),
         };
-        let ds = if self.in_range {
-            // Σ (x − ReLU6(x))·dy: only values outside [0, 6] contribute.
-            let x = self.x.data();
-            const CHUNK: usize = 1 << 14;
-            // Chunk sums collected, then added in order: a parallel `sum` would associate them
-            // as work stealing falls, and the result would vary from run to run.
-            let parts: Vec<f64> = x
-                .par_chunks(CHUNK)
-                .zip(dy.data().par_chunks(CHUNK))
-                .map(|(xs, ds)| {
-                    xs.iter()
-                        .zip(ds)
-                        .map(|(&x, &d)| ((x - x.clamp(0.0, 6.0)) * d) as f64)
-                        .sum::<f64>()
-                })
-                .collect();
-            parts.iter().sum::<f64>() as f32
-        } else {
-            0.0
-        };
+        // Σ (x − ReLU6(x))·dy: only values outside [0, 6] contribute.
+        let x = self.x.data();
+        const CHUNK: usize = 1 << 14;
+        // Chunk sums collected, then added in order: a parallel `sum` would associate them as
+        // work stealing falls, and the result would vary from run to run.
+        let parts: Vec<f64> = x
+            .par_chunks(CHUNK)
+            .zip(dy.data().par_chunks(CHUNK))
+            .map(|(xs, ds)| {
+                xs.iter()
+                    .zip(ds)
+                    .map(|(&x, &d)| ((x - x.clamp(0.0, 6.0)) * d) as f64)
+                    .sum::<f64>()
+            })
+            .collect();
+        let ds = parts.iter().sum::<f64>() as f32;
         Ok(vec![dx, Some(Tensor::full(&self.gate_shape, ds))])
     }
 }

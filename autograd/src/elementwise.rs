@@ -1,4 +1,4 @@
-//! Sums, scaling and reshaping.
+//! Sums, scaling, clamping and reshaping.
 
 use depthshrink_tensor::{Result, Tensor, elementwise};
 
@@ -33,6 +33,31 @@ struct ScaleBackward {
 impl Backward for ScaleBackward {
     fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
         Ok(vec![Some(elementwise::scale(dy, self.s))])
+    }
+}
+
+/// min(max(x, lo), hi); the gradient passes where lo < x < hi (PyTorch's convention, see
+/// [`elementwise::clamp_backward`]).
+pub fn clamp(x: &Var, lo: f32, hi: f32) -> Result<Var> {
+    let y = elementwise::clamp(x.value(), lo, hi)?;
+    Ok(Var::from_op(y, &[x], || ClampBackward {
+        x: x.value().clone(),
+        lo,
+        hi,
+    }))
+}
+
+struct ClampBackward {
+    x: Tensor,
+    lo: f32,
+    hi: f32,
+}
+
+impl Backward for ClampBackward {
+    fn backward(&self, dy: &Tensor, _needs: &[bool]) -> Result<Vec<Option<Tensor>>> {
+        Ok(vec![Some(elementwise::clamp_backward(
+            &self.x, dy, self.lo, self.hi,
+        )?)])
     }
 }
 

@@ -28,7 +28,7 @@ pub mod ops {
     pub use crate::activation::{gated_relu6, relu6};
     pub use crate::batchnorm::{batch_norm_eval, batch_norm_train};
     pub use crate::conv::{conv2d, conv2d_act, pad2d};
-    pub use crate::elementwise::{add, pick, reshape, scale};
+    pub use crate::elementwise::{add, clamp, pick, reshape, scale};
     pub use crate::linear::linear;
     pub use crate::loss::{cross_entropy, kl_divergence, soft_cross_entropy};
     pub use crate::pool::{dropout, global_avg_pool};

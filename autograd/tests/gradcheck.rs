@@ -207,6 +207,23 @@ fn relu6_and_gated_input_gradient() {
 }
 
 #[test]
+fn clamp_passes_the_gradient_strictly_inside() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let x = away_from_kinks(&mut rng, &[3, 5]);
+    check(|v| ops::clamp(&v[0], 0.0, 6.0), std::slice::from_ref(&x));
+    let tape = Tape::new();
+    let xv = Var::leaf(
+        &tape,
+        Tensor::from_vec(&[4], vec![-0.5, 0.0, 0.5, 1.0]).unwrap(),
+    );
+    let y = ops::clamp(&xv, 0.0, 1.0).unwrap();
+    assert_eq!(y.value().data(), &[0.0, 0.0, 0.5, 1.0]);
+    let grads = y.backward_with(Tensor::full(&[4], 2.0)).unwrap();
+    assert_eq!(grads.get(&xv).unwrap().data(), &[0.0, 0.0, 2.0, 0.0]);
+    assert!(ops::clamp(&xv, 1.0, 0.0).is_err());
+}
+
+#[test]
 fn pick_one_element() {
     let mut rng = StdRng::seed_from_u64(6);
     let x = random(&mut rng, &[5]);
@@ -237,7 +254,7 @@ fn losses() {
 }
 
 /// depthshrinker.md §3: the forward value follows the hard choice, dy/dx too, and
-/// dy/ds = Σ (x − ReLU6(x))·dy while 0 ≤ s ≤ 1, summed over every site sharing the gate.
+/// dy/dc = Σ (x − ReLU6(x))·dy at any gate value, summed over every site sharing the gate.
 #[test]
 fn gated_relu6_straight_through_estimator() {
     let x = Tensor::from_vec(&[1, 1, 1, 4], vec![-2.0, 1.0, 7.5, 3.0]).unwrap();
@@ -247,9 +264,9 @@ fn gated_relu6_straight_through_estimator() {
         (0.25, false, [0.0, 1.0, 6.0, 3.0], [0.0, 2.0, 0.0, 4.0], 2.5),
         // Removed: identity values and gradient; same ds.
         (0.75, true, [-2.0, 1.0, 7.5, 3.0], [1.0, 2.0, 3.0, 4.0], 2.5),
-        // Gate outside [0, 1]: clip kills the gate gradient.
-        (1.5, true, [-2.0, 1.0, 7.5, 3.0], [1.0, 2.0, 3.0, 4.0], 0.0),
-        (-0.5, false, [0.0, 1.0, 6.0, 3.0], [0.0, 2.0, 0.0, 4.0], 0.0),
+        // The gate's value does not matter (clipping it is the caller's choice).
+        (1.5, true, [-2.0, 1.0, 7.5, 3.0], [1.0, 2.0, 3.0, 4.0], 2.5),
+        (-0.5, false, [0.0, 1.0, 6.0, 3.0], [0.0, 2.0, 0.0, 4.0], 2.5),
     ] {
         let tape = Tape::new();
         let (xv, gate) = (

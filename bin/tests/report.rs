@@ -192,6 +192,7 @@ name = "ds-keep9"
 method = "depthshrinker"
 keep = 9
 group = "ds"
+set = {{ "search.gate_gradient" = "clipped" }}
 [[network]]
 name = "random-keep9"
 method = "random"
@@ -254,6 +255,12 @@ keep_from = "ds-keep9"
         9
     );
     assert!(out.join("ds-keep9/search-metrics.jsonl").is_file());
+    // The network's own override reached its search's config.
+    let searched = std::fs::read_to_string(work.join("ds-keep9/search/config.toml")).unwrap();
+    assert!(
+        searched.contains("gate_gradient = \"clipped\""),
+        "{searched}"
+    );
     assert!(out.join("random-keep9/search.json").is_file());
     assert_eq!(
         common::json(&out.join("baseline/summary.json"))["command"],

@@ -62,15 +62,35 @@ pub struct SearchGates {
     pub searchable: Vec<bool>,
     /// Activation indices kept per iteration (searchable or not).
     pub keep: usize,
+    /// Where a score receives the task's gradient.
+    pub gradient: GateGradient,
+}
+
+/// Where the straight-through estimator passes the task's gradient to a gate score s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GateGradient {
+    /// At every score: the gate is s itself. A score that leaves [0, 1] keeps learning, so a
+    /// block whose removal hurts is pulled back to "keep" however far the latency term or an
+    /// early step pushed it.
+    #[default]
+    Everywhere,
+    /// Only strictly inside 0 < s < 1, the gate being clip(s, 0, 1) as the paper and the
+    /// official code write it (PyTorch's clamp passes no gradient at the bounds). From the
+    /// official initial score 0 the task's gradient never reaches a score until the latency
+    /// term has moved it into (0, 1), and a score pushed below 0 stops learning for good.
+    Clipped,
 }
 
 impl SearchGates {
-    /// Scores initialised to 0 (official), weight decay on (official: gates included).
+    /// Scores initialised to 0 (official), weight decay on (official: gates included), the
+    /// gradient everywhere.
     pub fn new(keep: usize, searchable: Vec<bool>) -> SearchGates {
         SearchGates {
             scores: Param::new(depthshrink_tensor::Tensor::zeros(&[searchable.len()]), true),
             searchable,
             keep,
+            gradient: GateGradient::default(),
         }
     }
 
@@ -83,7 +103,10 @@ impl SearchGates {
     /// picked from the bound scores (so every site's gradient reaches the one score tensor).
     pub fn bind(&mut self, ctx: &Ctx) -> Result<Gates> {
         let removed = self.decision().into_iter().map(|k| !k).collect();
-        let scores = self.scores.bind(ctx);
+        let mut scores = self.scores.bind(ctx);
+        if self.gradient == GateGradient::Clipped {
+            scores = ops::clamp(&scores, 0.0, 1.0)?;
+        }
         let vars = (0..self.searchable.len())
             .map(|i| ops::pick(&scores, i))
             .collect::<Result<_>>()?;
@@ -133,5 +156,44 @@ mod tests {
             [false, false, false, false, true]
         );
         assert_eq!(keep_smallest(&scores, 9, &all), [true; 5]);
+    }
+
+    /// The gradient a score gets through one removed site, under each [`GateGradient`]: the
+    /// STE's Σ (x − ReLU6(x))·dy everywhere, or only strictly inside (0, 1) when clipped.
+    #[test]
+    fn clipped_gates_learn_only_inside_the_unit_interval() {
+        use crate::module::{Entry, Module, collect_grads};
+        use depthshrink_tensor::Tensor;
+        struct Scores<'a>(&'a mut Param);
+        impl Module for Scores<'_> {
+            fn visit(&mut self, _: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
+                f("scores", Entry::Param(self.0));
+            }
+        }
+        let x = Tensor::from_vec(&[1, 1, 1, 2], vec![-1.0, 8.0]).unwrap();
+        for (gradient, score, want) in [
+            (GateGradient::Everywhere, -0.5, 1.0),
+            (GateGradient::Everywhere, 0.0, 1.0),
+            (GateGradient::Everywhere, 0.5, 1.0),
+            (GateGradient::Clipped, 0.5, 1.0),
+            (GateGradient::Clipped, 0.0, 0.0),
+            (GateGradient::Clipped, -0.5, 0.0),
+            (GateGradient::Clipped, 1.5, 0.0),
+        ] {
+            let mut gates = SearchGates::new(0, vec![true]);
+            gates.gradient = gradient;
+            gates.scores.value = Tensor::from_vec(&[1], vec![score]).unwrap();
+            let ctx = Ctx::train(0);
+            let bound = gates.bind(&ctx).unwrap();
+            assert_eq!(bound.removed, [true]);
+            let xv = Var::constant(x.clone());
+            let y = ops::gated_relu6(&xv, &bound.vars[0], true).unwrap();
+            let mut grads = y.backward_with(Tensor::full(&[1, 1, 1, 2], 1.0)).unwrap();
+            drop((y, bound, ctx));
+            collect_grads(&mut Scores(&mut gates.scores), &mut grads);
+            // (−1 − 0)·1 + (8 − 6)·1 = 1.
+            let got = gates.scores.grad.as_ref().map_or(0.0, |g| g.data()[0]);
+            assert_eq!(got, want, "{gradient:?} at s = {score}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use depthshrink_data::Augment;
+pub use depthshrink_nn::activation::GateGradient;
 use depthshrink_nn::arch::{ArchConfig, Family};
 use depthshrink_nn::optim::OptimizerConfig;
 use depthshrink_nn::schedule::ScheduleConfig;
@@ -328,6 +329,10 @@ pub struct SearchConfig {
     /// Which way the latency term pushes the scores.
     #[serde(default)]
     pub latency_sign: LatencySign,
+    /// Where a score receives the task's gradient: at any value (default), or only inside
+    /// (0, 1) as the official code clips it.
+    #[serde(default)]
+    pub gate_gradient: GateGradient,
     /// Activation indices the search may remove (absent = all); the others are always kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub searchable: Option<Vec<usize>>,
@@ -352,6 +357,7 @@ impl Default for SearchConfig {
             keep_ratio: default_keep_ratio(),
             latency_weight: default_latency_weight(),
             latency_sign: LatencySign::default(),
+            gate_gradient: GateGradient::default(),
             searchable: None,
             log_every: default_log_every(),
         }

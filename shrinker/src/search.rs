@@ -35,6 +35,7 @@ pub fn install_gates(net: &mut Network, config: &SearchConfig) -> Result<(), Sta
     let searchable = config.searchable(n).map_err(StageError::Config)?;
     let keep = keep_count(config.keep_ratio, n);
     let mut gates = SearchGates::new(keep, searchable);
+    gates.gradient = config.gate_gradient;
     if let Some(old) = net.search.take() {
         gates.scores = old.scores;
     }

@@ -345,6 +345,10 @@ pub struct NetworkPlan {
     /// (listed, and so run, before it).
     #[serde(default)]
     pub keep_from: Option<String>,
+    /// Overrides of the shared config for this network only, by dotted key (as `--set`), e.g.
+    /// `set = { "search.gate_gradient" = "clipped" }`.
+    #[serde(default)]
+    pub set: std::collections::BTreeMap<String, toml::Value>,
 }
 
 /// The ingredients of the paper's Table 4 a study can take out of a DepthShrinker network.
@@ -544,6 +548,10 @@ mod tests {
                 .map_err(|e| e.to_string())
         };
         assert!(plan("name = \"d\"\nmethod = \"depthshrinker\"\nkeep = 9").is_ok());
+        assert!(
+            plan("name = \"d\"\nmethod = \"depthshrinker\"\nkeep = 9\nset = { \"search.gate_gradient\" = \"clipped\" }")
+                .is_ok()
+        );
         let err = plan("name = \"d\"\nmethod = \"depthshrinker\"").unwrap_err();
         assert!(
             err.contains("`keep` is required for DepthShrinker and random removal"),

@@ -37,7 +37,13 @@ pub fn run_network(
             .map_err(|e| StageError::Config(format!("{}: {e}", summary.display())));
     }
     let text = std::fs::read_to_string(&plan.config).map_err(|e| write_err(&plan.config, e))?;
-    let mut base = TrainConfig::from_toml(&text, &[])?;
+    let overrides: Vec<(String, String)> = net
+        .set
+        .iter()
+        .map(|(key, value)| (key.clone(), value.to_string()))
+        .collect();
+    let mut base = TrainConfig::from_toml(&text, &overrides)
+        .map_err(|e| StageError::Config(format!("network `{}`: {e}", net.name)))?;
     base.seed = net.seed;
     let work = plan.work.join(&net.name);
     let resume = |dir: &Path| dir.join(LAST).exists();
