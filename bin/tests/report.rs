@@ -220,6 +220,11 @@ name = "scratch"
 method = "ablation"
 ablation = "from_scratch"
 keep_from = "ds-keep9"
+[[network]]
+name = "no-free-relu6"
+method = "ablation"
+ablation = "no_free_relu6"
+keep_from = "ds-keep9"
 "#,
             s(&base.join("last.safetensors")),
             s(&out),
@@ -228,7 +233,7 @@ keep_from = "ds-keep9"
     )
     .unwrap();
     let stdout = ok(&["--threads", "2", "study", s(&plan)]);
-    assert!(stdout.contains("8 networks in"), "{stdout}");
+    assert!(stdout.contains("9 networks in"), "{stdout}");
     for name in [
         "baseline",
         "ds-keep9",
@@ -238,6 +243,7 @@ keep_from = "ds-keep9"
         "blocks-3",
         "no-distill",
         "scratch",
+        "no-free-relu6",
     ] {
         let record = common::json(&out.join(name).join("summary.json"));
         assert_eq!(record["name"], name);
@@ -277,12 +283,17 @@ keep_from = "ds-keep9"
     );
 
     // The ablations use the DepthShrinker network's keep list.
-    for name in ["no-distill", "scratch"] {
+    for name in ["no-distill", "scratch", "no-free-relu6"] {
         assert_eq!(
             common::json(&out.join(name).join("summary.json"))["keep"],
             ds["keep"]
         );
     }
+    assert_eq!(
+        common::json(&out.join("no-free-relu6/summary.json"))["free_relu6"],
+        false
+    );
+    assert!(ds.get("free_relu6").is_none());
     let pruned = common::json(&out.join("blocks-3/summary.json"));
     assert_eq!(pruned["arch"]["dropped_blocks"], serde_json::json!([2]));
     let pruned = common::json(&out.join("channels-0.5/summary.json"));
@@ -290,7 +301,7 @@ keep_from = "ds-keep9"
 
     ok(&["latency", "--study", s(&out), "--runs", "1"]);
     let stdout = ok(&["report", s(&out)]);
-    assert!(stdout.contains("8 networks"), "{stdout}");
+    assert!(stdout.contains("9 networks"), "{stdout}");
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.contains("random removal") && html.contains("gate scores of ds-keep9"));
 }

@@ -1,3 +1,6 @@
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
 use std::sync::Arc;
 
 use crate::error::{DataError, Result};
@@ -115,46 +118,78 @@ pub(crate) fn check_index(index: usize, len: usize) -> Result<()> {
     }
 }
 
-/// The first `len` samples of a data set.
+/// Some samples of a data set, drawn once at random over all of it.
 pub struct Subset {
     inner: Arc<dyn Dataset>,
-    len: usize,
+    /// Indices into `inner`, ascending.
+    indices: Vec<usize>,
 }
 
 impl Subset {
-    /// The first `limit` samples of `inner` (all of them when it has fewer).
+    /// `limit` samples of `inner` (all of them when it has fewer): a fixed random draw (the
+    /// same every time), in the inner order. Neither a data set stored class by class (image
+    /// folders) nor one whose labels cycle (the synthetic set) loses classes, as the first
+    /// `limit` or every k-th sample would.
     pub fn new(inner: Arc<dyn Dataset>, limit: usize) -> Subset {
-        let len = limit.min(inner.len());
-        Subset { inner, len }
+        let n = inner.len();
+        let mut indices: Vec<usize> = (0..n).collect();
+        if limit < n {
+            indices.shuffle(&mut ChaCha8Rng::seed_from_u64(0x5u64));
+            indices.truncate(limit);
+            indices.sort_unstable();
+        }
+        Subset { inner, indices }
+    }
+
+    fn inner_index(&self, index: usize) -> Result<usize> {
+        self.indices.get(index).copied().ok_or(DataError::Index {
+            index,
+            len: self.indices.len(),
+        })
     }
 }
 
 impl Dataset for Subset {
     fn len(&self) -> usize {
-        self.len
+        self.indices.len()
     }
     fn get(&self, index: usize) -> Result<Sample> {
-        if index >= self.len {
-            return Err(DataError::Index {
-                index,
-                len: self.len,
-            });
-        }
-        self.inner.get(index)
+        self.inner.get(self.inner_index(index)?)
     }
     fn label(&self, index: usize) -> Result<usize> {
-        if index >= self.len {
-            return Err(DataError::Index {
-                index,
-                len: self.len,
-            });
-        }
-        self.inner.label(index)
+        self.inner.label(self.inner_index(index)?)
     }
     fn describe(&self, index: usize) -> String {
-        self.inner.describe(index)
+        match self.inner_index(index) {
+            Ok(i) => self.inner.describe(i),
+            Err(_) => format!("sample {index}"),
+        }
     }
     fn class_names(&self) -> &[String] {
         self.inner.class_names()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synthetic::Synthetic;
+
+    /// A subset keeps every class of a set whose labels cycle (the synthetic set: every 10th
+    /// sample is one class) in proportion, reads in the inner order, and is the same each time.
+    #[test]
+    fn a_subset_is_a_fixed_draw_over_the_whole_set() {
+        let inner: Arc<dyn Dataset> = Arc::new(Synthetic::test(1));
+        let subset = Subset::new(Arc::clone(&inner), 200);
+        assert_eq!(subset.len(), 200);
+        let mut counts = [0usize; 10];
+        for i in 0..subset.len() {
+            counts[subset.label(i).unwrap()] += 1;
+        }
+        assert!(counts.iter().all(|&c| (8..=32).contains(&c)), "{counts:?}");
+        assert!(subset.indices.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(subset.indices, Subset::new(Arc::clone(&inner), 200).indices);
+        assert!(subset.get(200).is_err());
+        assert_eq!(Subset::new(Arc::clone(&inner), 5000).len(), inner.len());
     }
 }

@@ -27,6 +27,18 @@ pub struct Variant {
     pub keep: KeepList,
     /// Per block: merged into one dense conv.
     pub merged: Vec<bool>,
+    /// Linearised inverted-residual blocks end with one ReLU6 (the paper's free activation;
+    /// false only in its ablation). Absent in files from before the ablation existed: true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub free_relu6: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// An inverted-residual block (`expand == None`: the depthwise-separable first block).
@@ -45,6 +57,9 @@ pub struct InvertedResidual {
     /// Activations removed: pad-first evaluation, and (for an IR block) one ReLU6 after the
     /// residual add, so the block equals its merged conv + ReLU6 exactly.
     pub linearised: bool,
+    /// Whether that one ReLU6 follows a linearised IR block (true but in the paper's ablation
+    /// of it, where the block is purely linear).
+    pub free_relu6: bool,
 }
 
 impl InvertedResidual {
@@ -99,6 +114,7 @@ impl InvertedResidual {
             project,
             act: Act::Relu6,
             linearised: false,
+            free_relu6: true,
         }
     }
 
@@ -145,7 +161,11 @@ impl InvertedResidual {
         } else {
             out
         };
-        ops::relu6(&out)
+        if self.free_relu6 {
+            ops::relu6(&out)
+        } else {
+            Ok(out)
+        }
     }
 }
 
@@ -364,11 +384,22 @@ impl Network {
                 );
                 *block = Block::Merged(MergedBlock {
                     conv,
-                    relu6: s.expand,
+                    relu6: s.expand && variant.free_relu6,
                 });
             }
         }
+        self.set_free_relu6(variant.free_relu6);
         self.apply_keep(&variant.keep)
+    }
+
+    /// Whether linearised inverted-residual blocks end with their one ReLU6 (default true);
+    /// false is the paper's ablation of that free activation.
+    pub fn set_free_relu6(&mut self, free: bool) {
+        for block in &mut self.blocks {
+            if let Block::Ir(b) = block {
+                b.free_relu6 = free;
+            }
+        }
     }
 
     /// A copy for fast evaluation: every batch norm folded into its conv, every weight packed
@@ -488,9 +519,19 @@ impl Network {
             .iter()
             .map(|b| matches!(b, Block::Merged(_)))
             .collect();
+        // Network-wide: the merge keeps a merged IR block's ReLU6 exactly when it had one.
+        let free_relu6 = self
+            .blocks
+            .iter()
+            .zip(&self.spec.blocks)
+            .all(|(b, s)| match b {
+                Block::Ir(b) => b.free_relu6,
+                Block::Merged(m) => m.relu6 || !s.expand,
+            });
         Variant {
             keep: KeepList::new(keep),
             merged,
+            free_relu6,
         }
     }
 
@@ -547,4 +588,25 @@ pub fn merged_conv(
         Some(crate::Param::new(bias, false)),
         ConvParams::new(stride, k / 2, 1),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files from before the free-ReLU6 ablation carry no `free_relu6`: they had it. A network
+    /// with it writes nothing new, so those files and new ones read alike.
+    #[test]
+    fn a_variant_without_free_relu6_had_it() {
+        let old: Variant =
+            serde_json::from_str(r#"{"keep": [true, false], "merged": [true]}"#).unwrap();
+        assert!(old.free_relu6);
+        assert!(!serde_json::to_string(&old).unwrap().contains("free_relu6"));
+        let ablated = Variant {
+            free_relu6: false,
+            ..old
+        };
+        let text = serde_json::to_string(&ablated).unwrap();
+        assert_eq!(serde_json::from_str::<Variant>(&text).unwrap(), ablated);
+    }
 }

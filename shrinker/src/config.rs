@@ -87,6 +87,10 @@ pub struct ModelConfig {
     /// --blocks`; positions are activation indices − 1).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped_blocks: Vec<usize>,
+    /// Finetuning: one ReLU6 after each inverted-residual block whose activations are removed
+    /// (the paper's free activation); false is its ablation (Table 4).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub free_relu6: bool,
 }
 
 fn default_family() -> Family {
@@ -97,6 +101,9 @@ fn default_width() -> f64 {
 }
 fn default_dropout() -> f64 {
     0.2
+}
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl ModelConfig {
@@ -145,10 +152,11 @@ pub struct DataConfig {
     /// Batches prepared ahead of the training loop.
     #[serde(default = "default_prefetch")]
     pub prefetch: usize,
-    /// Use only the first N training images (quick experiments and tests).
+    /// Use only N training images, a fixed random draw over the split (quick experiments and
+    /// tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_train: Option<usize>,
-    /// Use only the first N test images.
+    /// Use only N test images, a fixed random draw over the split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit_test: Option<usize>,
 }

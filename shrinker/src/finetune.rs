@@ -111,7 +111,8 @@ pub fn finetune(
 ) -> Result<Network, StageError> {
     let pretrained = from.network;
     let pretrained_file = from.file;
-    let net = student(pretrained, keep).map_err(|e| StageError::Keep(e.to_string()))?;
+    let mut net = student(pretrained, keep).map_err(|e| StageError::Keep(e.to_string()))?;
+    net.set_free_relu6(config.model.free_relu6);
     let smoothing = config.label_smoothing as f32;
     let mut objective: Box<dyn Objective> = match &config.distill {
         Some(d) => Box::new(Distill::new(

@@ -76,7 +76,7 @@ pub fn merge_block(block: &InvertedResidual) -> Result<MergedBlock> {
     let weight = Tensor::from_vec(&[s.cout, s.cin, s.k, s.k], weight)?;
     Ok(MergedBlock {
         conv: merged_conv(weight, bias, s.stride),
-        relu6: s.expand,
+        relu6: s.expand && block.free_relu6,
     })
 }
 
@@ -257,6 +257,8 @@ pub fn merge_and_verify(
 mod tests {
     use super::*;
     use depthshrink_nn::arch::ArchConfig;
+    use depthshrink_nn::checkpoint;
+    use depthshrink_nn::module::state_dict;
     use depthshrink_nn::{Entry, Module};
 
     /// Non-trivial BN statistics and affine parameters everywhere, so folding is really tested.
@@ -339,18 +341,39 @@ mod tests {
         // everything removed.
         let d = [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1];
         let keeps: [Vec<bool>; 2] = [d.iter().map(|&b| b == 1).collect(), vec![false; 19]];
-        for keep in keeps {
+        // With the one free ReLU6 after each linearised block, and without it (the ablation).
+        for (keep, free_relu6) in keeps.iter().flat_map(|k| [(k, true), (k, false)]) {
             let mut net = Network::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 3);
             randomise_bn(&mut net, 3);
-            net.apply_keep(&keep).unwrap();
+            net.apply_keep(keep).unwrap();
+            net.set_free_relu6(free_relu6);
             let merge: Vec<bool> = keep[1..keep.len() - 1].iter().map(|k| !k).collect();
             let merged = merge_network(&net, &merge).unwrap();
             assert_eq!(merged.variant().merged, merge);
             assert_eq!(*merged.variant().keep, keep[..]);
+            assert_eq!(merged.variant().free_relu6, free_relu6);
             let err = verify(&net, &merged, &[(32, 32), (13, 17)], 0).unwrap();
             // Per block the merge is exact to 1e-5; over a whole network f32 rounding adds up.
             assert!(err.max_rel < 1e-4, "{err:?}");
+            // The merged file rebuilds the same network, free ReLU6 or not.
+            let path = std::env::temp_dir().join(format!(
+                "ds-merged-{free_relu6}-{}.safetensors",
+                std::process::id()
+            ));
+            let mut m = merged.clone();
+            checkpoint::save(&path, &state_dict(&mut m), &m.metadata()).unwrap();
+            let back = Network::from_checkpoint(&checkpoint::load(&path).unwrap(), None).unwrap();
+            std::fs::remove_file(path).unwrap();
+            assert_eq!(back.variant(), merged.variant());
+            assert_eq!(verify(&merged, &back, &[(13, 17)], 1).unwrap().max_abs, 0.0);
         }
+        // The flag matters: the same weights without the free ReLU6 compute something else.
+        let mut with = Network::new(&ArchConfig::mobilenet_v2(0.35, 10, true), 3);
+        randomise_bn(&mut with, 3);
+        with.apply_keep(&keeps[1]).unwrap();
+        let mut without = with.clone();
+        without.set_free_relu6(false);
+        assert!(verify(&with, &without, &[(16, 16)], 2).unwrap().max_abs > 1e-3);
     }
 
     /// What speed-ups are measured against: the same weights with every activation back and

@@ -124,6 +124,17 @@ pub struct RunRecord {
     /// Per block: merged into one dense conv in the deployed network (absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<Vec<bool>>,
+    /// Linearised blocks end with one ReLU6 (false only in that ablation).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub free_relu6: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl RunRecord {
@@ -140,6 +151,7 @@ impl RunRecord {
                 .map_err(|e| StageError::Keep(format!("{}: {e}", self.name)))?;
             net.apply_keep(keep)?;
         }
+        net.set_free_relu6(self.free_relu6);
         if let Some(plan) = &self.merged {
             net = merge_network(&net, plan)?;
         }
@@ -360,6 +372,9 @@ pub enum Ablation {
     /// Train the compressed architecture from scratch with the baseline's recipe, no
     /// pretraining.
     FromScratch,
+    /// Finetune without the one ReLU6 after each linearised block: the merged blocks are then
+    /// purely linear, back to back.
+    NoFreeRelu6,
 }
 
 impl StudyPlan {
@@ -507,6 +522,7 @@ mod tests {
             wall_seconds: None,
             arch: Some(arch.clone()),
             merged,
+            free_relu6: true,
         };
         let a = record("a", None, None);
         let b = record("b", Some(KeepList::new(keep)), Some(merged));
@@ -594,6 +610,7 @@ mod tests {
             wall_seconds: None,
             arch: None,
             merged: None,
+            free_relu6: true,
         };
         for (name, method) in [("w035", Method::Width), ("base", Method::Baseline)] {
             std::fs::create_dir_all(dir.join(name)).unwrap();

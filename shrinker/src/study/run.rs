@@ -158,13 +158,14 @@ pub fn run_network(
             let merge_plan = source.merged.clone().unwrap_or_default();
             let pretrained = load(&plan.pretrained)?;
             let (trained, epochs) = match net.ablation.expect("checked by StudyPlan::read") {
-                Ablation::NoDistill => {
+                ablation @ (Ablation::NoDistill | Ablation::NoFreeRelu6) => {
                     let from = Pretrained {
                         network: &pretrained,
                         file: Some(&plan.pretrained),
                         teacher: None,
                     };
-                    let config = finetune_config(plan, &base, false);
+                    let mut config = finetune_config(plan, &base, ablation != Ablation::NoDistill);
+                    config.model.free_relu6 = ablation != Ablation::NoFreeRelu6;
                     let tuned = finetune_in(&work, &out, config, from, &keep, observer)?;
                     (tuned, plan.finetune_epochs)
                 }
@@ -212,6 +213,7 @@ pub fn run_network(
         wall_seconds: wall_seconds(&work),
         arch: Some(deployed.arch.clone()),
         merged,
+        free_relu6: deployed.variant().free_relu6,
     };
     write_json(&summary, &record)?;
     Ok(record)
