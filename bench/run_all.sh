@@ -10,8 +10,8 @@ PY=${PY:?set PY to a python with torch, torchvision and onnxruntime}
 OUT=${1:-bench/results}
 T=${THREADS:-2}
 REPEAT=${REPEAT:-3}
-# SECTIONS="models" (say) reruns only some of: kernels models merge.
-SECTIONS=" ${SECTIONS:-kernels models merge} "
+# SECTIONS="models" (say) reruns only some of: kernels models merge onnx.
+SECTIONS=" ${SECTIONS:-kernels models merge onnx} "
 run() { [[ "$SECTIONS" == *" $1 "* ]]; }
 B=./target/release/depthshrink
 mkdir -p "$OUT"
@@ -54,5 +54,9 @@ for args in "--weights $W --res 32 --batch 1" "--weights $W --res 32 --batch 64"
 done
 "$B" --threads "$T" latency --cifar --width 0.5 --batch 64 --out "$OUT/latency-cifar-w0.5-b64.json" > "$OUT/latency-cifar-w0.5-b64.txt"
 "$B" --threads "$T" latency --width 1.4 --batch 1 --out "$OUT/latency-w1.4-b1.json" > "$OUT/latency-w1.4-b1.txt"
+fi
+# The same speed-up inside ONNX Runtime: the networks exported with `depthshrink export`.
+if run onnx; then
+"$PY" bench/onnx_speedup.py --depthshrink "$B" --threads "$T" > "$OUT/onnx-speedup.md"
 fi
 echo "results in $OUT"

@@ -124,6 +124,17 @@ pub fn load_model(weights: &Path, arch: &ArchArgs, keep: Option<&str>) -> Result
     Ok(net)
 }
 
+/// A freshly initialised network (seed 0) of the architecture flags, with the activations of
+/// `keep` removed (pad-first): what is timed when no weights are given.
+pub fn random_model(arch: &ArchArgs, keep: Option<&str>) -> Result<Network, String> {
+    let mut net = Network::new(&arch.arch()?, 0);
+    if let Some(keep) = keep {
+        net.apply_keep(&parse_keep(keep)?)
+            .map_err(|e| format!("--keep: {e}"))?;
+    }
+    Ok(net)
+}
+
 /// A `--keep` argument (see [`KeepList::parse`]), its error naming the flag.
 pub fn parse_keep(arg: &str) -> Result<KeepList, String> {
     KeepList::parse(arg).map_err(|e| format!("--keep: {e}"))

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use std::path::PathBuf;
 
-use crate::args::{ArchArgs, load_model, parse_keep};
+use crate::args::{ArchArgs, load_model, random_model};
 use clap::{Args, Subcommand};
 use depthshrink_autograd::{Var, ops};
 use depthshrink_nn::Ctx;
@@ -116,14 +116,7 @@ pub fn run(cmd: BenchCommand) -> Result<(), String> {
         BenchCommand::Infer(args) => {
             let net = match &args.weights {
                 Some(w) => load_model(w, &args.model.arch, args.keep.as_deref())?,
-                None => {
-                    let mut net = Network::new(&args.model.arch.arch()?, 0);
-                    if let Some(keep) = &args.keep {
-                        net.apply_keep(&parse_keep(keep)?)
-                            .map_err(|e| format!("--keep: {e}"))?;
-                    }
-                    net
-                }
+                None => random_model(&args.model.arch, args.keep.as_deref())?,
             };
             if args.compare {
                 return compare_merged(&net, &args);

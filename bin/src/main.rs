@@ -6,6 +6,7 @@ mod bench;
 mod data;
 mod demo;
 mod eval;
+mod export;
 mod finetune;
 mod flops;
 mod infer;
@@ -59,6 +60,9 @@ enum Command {
     Eval(eval::EvalArgs),
     /// Logits for a batch of images (safetensors in, safetensors out), evaluation mode.
     Infer(infer::InferArgs),
+    /// The network of a weights file as an ONNX model (original, pad-first or merged; batch
+    /// norm folded, ReLU6 as Clip), for ONNX Runtime, TensorRT, OpenVINO, tract and the like.
+    Export(export::ExportArgs),
     /// Stage 3: merge every block whose activations are removed into one dense conv (verified).
     Merge(merge::MergeArgs),
     /// The channel-pruning baseline: keep a fraction of every block's hidden channels.
@@ -118,6 +122,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Command::Infer(args) => infer::run(&args),
         Command::Data(cmd) => data::run(cmd),
         Command::Merge(args) => merge::run(&args),
+        Command::Export(args) => export::run(&args),
         Command::Flops(args) => flops::run(&args),
         Command::Latency(args) => latency::run(&args),
         Command::Demo(args) => demo::run(&args, cli.threads),

@@ -270,3 +270,86 @@ fn kernel_benchmark_prints_one_json_record_per_case() {
     assert!(r.get("gflops").is_none(), "{r}");
     fails_with(&["bench", "kernels", "--only", "gemm"], "--only \"gemm\"");
 }
+
+/// `export` writes the network a file holds, as it is (original), with activations removed
+/// (`--keep`: pad-first) or merged; tract's tests (onnx/tests) check what the files compute.
+#[test]
+fn export_writes_every_kind_of_network_and_refuses_files_that_are_not_one() {
+    use depthshrink_onnx::proto::ModelProto;
+    use prost::Message;
+    let dir = scratch("export");
+    let (w, m) = (dir.join("net.safetensors"), dir.join("merged.safetensors"));
+    random_network(&w);
+    let (w, m) = (w.to_str().unwrap(), m.to_str().unwrap());
+    let keep = "0,0,0,0,1,1,0,0,0,0,0,0,0,0,1,1,1,1,1";
+    let out = run(&["merge", "--weights", w, "--keep", keep, "--out", m]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let onnx = dir.join("net.onnx");
+    let o = onnx.to_str().unwrap();
+    // Exports, then returns stdout and the file's numbers of Pad and Conv nodes.
+    let export = |args: &[&str]| {
+        let args = [&["export", "--out", o], args].concat();
+        let out = run(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        let model = ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
+        let graph = model.graph.unwrap();
+        let ops = |op: &str| graph.node.iter().filter(|n| n.op_type() == op).count();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (stdout, ops("Pad"), ops("Conv"))
+    };
+    let (stdout, pads, convs) = export(&["--weights", w]);
+    assert!(
+        stdout.contains("0 merged and 0 pad-first of 17 blocks"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("input N×3×32×32"), "{stdout}");
+    assert_eq!((pads, convs), (0, 52));
+    let (stdout, pads, _) = export(&["--weights", w, "--keep", keep, "--res", "29"]);
+    assert!(stdout.contains("0 merged and 10 pad-first"), "{stdout}");
+    assert!(stdout.contains("input N×3×29×29"), "{stdout}");
+    assert_eq!(pads, 10);
+    // `merge` leaves the DS block unmerged by default: 10 merged blocks, 3 convs → 1 each; and
+    // `export --merged` merges the same ones.
+    for args in [
+        &["--weights", m][..],
+        &["--weights", w, "--keep", keep, "--merged"],
+    ] {
+        let (stdout, pads, convs) = export(args);
+        assert!(stdout.contains("10 merged and 0 pad-first"), "{stdout}");
+        assert_eq!((pads, convs), (0, 52 - 10 * 2));
+    }
+    let random = ["--random-init", "--width", "0.35", "--cifar", "--res", "8"];
+    let (stdout, ..) = export(&random);
+    assert!(
+        stdout.contains("MobileNetV2 w0.35, CIFAR layout"),
+        "{stdout}"
+    );
+
+    // Files that are not a network: not safetensors at all, and tensors of something else.
+    let text = dir.join("notes.safetensors");
+    std::fs::write(&text, "not a network\n").unwrap();
+    fails_with(
+        &["export", "--weights", text.to_str().unwrap(), "--out", o],
+        &format!("{} is not a valid safetensors file", text.display()),
+    );
+    let x = dir.join("x.safetensors");
+    let image = Tensor::from_vec(&[1, 3, 4, 4], vec![0.5; 48]).unwrap();
+    checkpoint::save(&x, &[("input".into(), image)], &Value::Null).unwrap();
+    fails_with(
+        &["export", "--weights", x.to_str().unwrap(), "--out", o],
+        &format!("checkpoint {} does not match the model", x.display()),
+    );
+    fails_with(
+        &["export", "--weights", w, "--out", o, "--res", "0"],
+        "--res must be at least 1",
+    );
+    fails_with(
+        &["export", "--weights", w, "--out", o, "--merged"],
+        "--merged: no block has its activations removed",
+    );
+    fails_with(
+        &["export", "--weights", w, "--out", w],
+        "is the same file as --weights",
+    );
+    fails_with(&["export", "--out", o], "--weights");
+}

@@ -338,7 +338,13 @@ impl ConvBn {
     }
 
     /// The conv with this BN folded in (evaluation statistics): W' = W·γ/σ, b' = β − γ·μ/σ.
+    /// After [`ConvBn::fold`] the conv already holds them, and they are returned as they are.
     pub fn folded(&self) -> Result<(Tensor, Tensor)> {
+        if self.folded
+            && let Some(bias) = &self.conv.bias
+        {
+            return Ok((self.conv.weight.value.clone(), bias.value.clone()));
+        }
         let (scale, shift) = self.bn.eval_affine();
         let mut w = self.conv.weight.value.clone();
         let per_out = w.numel() / scale.len();
@@ -353,5 +359,23 @@ impl Module for ConvBn {
     fn visit(&mut self, prefix: &str, f: &mut dyn FnMut(&str, Entry<'_>)) {
         self.conv.visit(&join(prefix, self.names[0]), f);
         self.bn.visit(&join(prefix, self.names[1]), f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn folding_twice_folds_once() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let mut cb = ConvBn::new(&mut rng, 3, 4, 3, 1, 1, 1, ["0", "1"]);
+        cb.bn.weight.value = Tensor::from_vec(&[4], vec![0.5, 2.0, 1.5, 0.25]).unwrap();
+        cb.bn.running_mean = Tensor::from_vec(&[4], vec![0.1, -0.2, 0.3, 0.0]).unwrap();
+        let (w, b) = cb.folded().unwrap();
+        cb.fold().unwrap();
+        let (w2, b2) = cb.folded().unwrap();
+        assert_eq!((w.data(), b.data()), (w2.data(), b2.data()));
     }
 }
