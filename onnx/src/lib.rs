@@ -203,7 +203,8 @@ impl Graph {
     }
 
     /// A linearised block, pad-first: pad the input by k/2, expand it, depthwise conv without
-    /// padding, project, add the skip, ReLU6 (exactly what its merged conv + ReLU6 computes).
+    /// padding, project, add the skip, ReLU6 unless ablated (exactly what its merged conv
+    /// computes).
     fn pad_first(
         &mut self,
         name: &str,
@@ -221,7 +222,11 @@ impl Graph {
         let d = self.conv_bn(&format!("{name}.dw"), h, &b.dw, Some(0))?;
         let out = self.conv_bn(&format!("{name}.project"), d, &b.project, None)?;
         let out = self.skip(name, out, x, b);
-        Ok(self.clip(name, out))
+        Ok(if b.free_relu6 {
+            self.clip(name, out)
+        } else {
+            out
+        })
     }
 
     fn skip(&mut self, name: &str, out: String, x: String, b: &InvertedResidual) -> String {
