@@ -51,6 +51,11 @@ impl ArchArgs {
         }
         Ok(match self.model.unwrap_or(ModelName::MobilenetV2) {
             ModelName::MobilenetV2 => ArchConfig::mobilenet_v2(width, classes, self.cifar),
+            ModelName::EfficientnetLite0 if width != 1.0 => {
+                return Err(format!(
+                    "--width {width} is for MobileNetV2: EfficientNet-Lite0 has fixed widths"
+                ));
+            }
             ModelName::EfficientnetLite0 => ArchConfig::efficientnet_lite0(classes, self.cifar),
         })
     }

@@ -401,6 +401,10 @@ fn flops_refuses_impossible_inputs() {
     );
     fails_with(run(&["flops", "--width", "1e9"]), &["too large to count"]);
     fails_with(run(&["flops", "--res", "0"]), &["--res must be at least 1"]);
+    fails_with(
+        run(&["flops", "--model", "efficientnet_lite0", "--width", "0.5"]),
+        &["--width 0.5 is for MobileNetV2"],
+    );
 
     let d = concat!(env!("CARGO_MANIFEST_DIR"), "/../configs/mbv2-140-D.toml");
     let text = std::fs::read_to_string(d).unwrap();

@@ -233,6 +233,12 @@ impl TrainConfig {
                 self.model.width
             ));
         }
+        if self.model.family == Family::EfficientnetLite0 && self.model.width != 1.0 {
+            return bad(format!(
+                "model.width = {} is for MobileNetV2: EfficientNet-Lite0 has fixed widths (leave it at 1.0)",
+                self.model.width
+            ));
+        }
         if let Some(r) = self.model.hidden_ratio
             && !(r > 0.0 && r <= 1.0)
         {
@@ -560,6 +566,19 @@ mod tests {
         assert!(bad("epochs", "0").contains("epochs"));
         assert!(bad("model.width", "-1").contains("model.width"));
         assert!(bad("model.hidden_ratio", "1.5").contains("model.hidden_ratio"));
+        let lite0 = TrainConfig::from_toml(
+            BASE,
+            &[
+                ("model.family".into(), "\"efficientnet_lite0\"".into()),
+                ("model.width".into(), "0.5".into()),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            lite0.contains("model.width = 0.5 is for MobileNetV2"),
+            "{lite0}"
+        );
         assert!(bad("label_smoothing", "1.5").contains("label_smoothing"));
         assert!(bad("data.dir", "/nonexistent/dir").contains("/nonexistent/dir"));
     }
