@@ -102,7 +102,7 @@ fn default_width() -> f64 {
 fn default_dropout() -> f64 {
     0.2
 }
-fn is_true(b: &bool) -> bool {
+pub(crate) fn is_true(b: &bool) -> bool {
     *b
 }
 
@@ -164,7 +164,7 @@ pub struct DataConfig {
 fn default_res() -> usize {
     224
 }
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 fn default_prefetch() -> usize {

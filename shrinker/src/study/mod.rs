@@ -125,16 +125,11 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub merged: Option<Vec<bool>>,
     /// Linearised blocks end with one ReLU6 (false only in that ablation).
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    #[serde(
+        default = "crate::config::yes",
+        skip_serializing_if = "crate::config::is_true"
+    )]
     pub free_relu6: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-fn is_true(b: &bool) -> bool {
-    *b
 }
 
 impl RunRecord {
