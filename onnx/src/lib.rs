@@ -122,9 +122,10 @@ pub fn to_model(net: &Network, height: usize, width: usize) -> Result<ModelProto
     let logits = g.node("Gemm", OUTPUT, inputs, vec![int("transB", 1)]);
 
     let (c, h, w) = (3, dim(height), dim(width));
-    let input = value_info(INPUT, &[Err(BATCH), Ok(c), Ok(h), Ok(w)]);
+    use Dim::{Fixed, Symbol};
+    let input = value_info(INPUT, &[Symbol(BATCH), Fixed(c), Fixed(h), Fixed(w)]);
     let classes = dim(net.spec.num_classes);
-    let output = value_info(&logits, &[Err(BATCH), Ok(classes)]);
+    let output = value_info(&logits, &[Symbol(BATCH), Fixed(classes)]);
     let variant = net.variant();
     let merged = variant.merged.iter().filter(|&&m| m).count();
     let doc = format!(
@@ -377,14 +378,22 @@ fn ints(name: &str, values: &[i64]) -> AttributeProto {
     }
 }
 
-/// An f32 tensor value of the given shape: `Ok(size)` or `Err(symbol)` per dimension.
-fn value_info(name: &str, shape: &[Result<i64, &str>]) -> ValueInfoProto {
+/// One dimension of a graph input or output.
+enum Dim<'a> {
+    /// A size fixed in the graph.
+    Fixed(i64),
+    /// A named size the runtime takes from the data (the batch).
+    Symbol(&'a str),
+}
+
+/// An f32 tensor value of the given shape.
+fn value_info(name: &str, shape: &[Dim<'_>]) -> ValueInfoProto {
     let dim = shape
         .iter()
         .map(|d| Dimension {
             value: Some(match d {
-                Ok(n) => dimension::Value::DimValue(*n),
-                Err(s) => dimension::Value::DimParam((*s).into()),
+                Dim::Fixed(n) => dimension::Value::DimValue(*n),
+                Dim::Symbol(s) => dimension::Value::DimParam((*s).into()),
             }),
             ..Default::default()
         })
