@@ -507,9 +507,16 @@ const MAY_CHANGE_ON_RESUME: [&str; 6] = [
 /// The keys whose values differ between the config a run recorded and `config`, as
 /// "`key` was OLD, now NEW", sorted by key.
 fn config_changes(recorded: &Value, config: &TrainConfig) -> Vec<String> {
+    // Read through today's config type first, so a key added since with its default value
+    // (e.g. `search.gate_gradient`) is not a change; a config that no longer reads is compared
+    // as it was written.
+    let recorded = serde_json::from_value::<TrainConfig>(recorded.clone())
+        .ok()
+        .and_then(|c| serde_json::to_value(c).ok())
+        .unwrap_or_else(|| recorded.clone());
     let mut old = std::collections::BTreeMap::new();
     let mut new = std::collections::BTreeMap::new();
-    flatten("", recorded, &mut old);
+    flatten("", &recorded, &mut old);
     let current = serde_json::to_value(config).expect("a train config serialises to JSON");
     flatten("", &current, &mut new);
     let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
@@ -585,6 +592,7 @@ pub fn train(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GateGradient;
 
     const BASE: &str = crate::config::TEST_CONFIG;
 
@@ -616,5 +624,16 @@ mod tests {
         let mut close = recorded.clone();
         close["lr"]["lr"] = json!(0.1f64.next_up());
         assert!(config_changes(&close, &c).is_empty());
+        // A key added since, at its default, is no change; at another value it is.
+        let mut older = recorded.clone();
+        older["search"] = json!({ "keep_ratio": 0.4 });
+        let mut searching = c.clone();
+        searching.search = Some(crate::config::SearchConfig::default());
+        assert!(config_changes(&older, &searching).is_empty());
+        searching.search.as_mut().unwrap().gate_gradient = GateGradient::Clipped;
+        assert_eq!(
+            config_changes(&older, &searching),
+            ["`search.gate_gradient` was \"everywhere\", now \"clipped\""]
+        );
     }
 }
