@@ -232,15 +232,23 @@ impl Merged {
 
 /// Stage 3: merges the blocks `plan` marks (see [`blocks_to_merge`]) and verifies the result
 /// against `net` on random inputs at `res`×`res` and at an odd smaller size (borders and odd
-/// strides). A deviation over [`MERGE_TOLERANCE`] is an error: a merge that changes the
-/// function is never returned.
+/// strides), both as the merged network is stored and as it runs for inference (batch norms
+/// folded, weights prepared: dense 3×3 stride-1 convs then run as Winograd F(2×2, 3×3) where
+/// that is faster); the deviation is the larger. A deviation over [`MERGE_TOLERANCE`] is an
+/// error: a merge that changes the function is never returned.
 pub fn merge_and_verify(
     net: &Network,
     plan: Vec<bool>,
     res: usize,
 ) -> std::result::Result<Merged, StageError> {
     let network = merge_network(net, &plan)?;
-    let deviation = verify(net, &network, &[(res, res), (res / 2 + 3, res / 2 + 1)], 0)?;
+    let sizes = [(res, res), (res / 2 + 3, res / 2 + 1)];
+    let stored = verify(net, &network, &sizes, 0)?;
+    let deployed = verify(net, &network.for_inference()?, &sizes, 0)?;
+    let deviation = Deviation {
+        max_abs: stored.max_abs.max(deployed.max_abs),
+        max_rel: stored.max_rel.max(deployed.max_rel),
+    };
     if deviation.max_rel > MERGE_TOLERANCE {
         return Err(StageError::MergeMismatch {
             max_rel: deviation.max_rel,

@@ -5,6 +5,7 @@ use std::mem::MaybeUninit;
 
 use super::block::{Block, Lhs, Rhs, prefetch, streams};
 use super::im2col::{im2col, im2col_packed};
+use super::winograd::{self, WinogradWeight};
 use super::workspace::{GroupGemm, run_tasks, wanted_tasks, with_col_scratch};
 use super::{ConvGeom, check_lens};
 use crate::depthwise;
@@ -23,6 +24,8 @@ pub(super) struct Forward<'a> {
     pub(super) w: &'a [f32],
     /// The weight's GEMM operand of each group, packed once ([`super::PackedWeight`]).
     pub(super) packed: Option<&'a [PackedLhs]>,
+    /// The weight in the Winograd domain, for the dense 3×3 stride-1 convs it computes.
+    pub(super) winograd: Option<&'a WinogradWeight>,
     pub(super) bias: Option<&'a [f32]>,
     pub(super) relu6: bool,
     pub(super) g: &'a ConvGeom,
@@ -36,6 +39,7 @@ impl Forward<'_> {
             x,
             w,
             packed,
+            winograd,
             bias,
             relu6,
             g,
@@ -47,6 +51,12 @@ impl Forward<'_> {
         }
         if g.is_depthwise() {
             return depthwise::forward_at(level, x, w, bias, relu6, y, g);
+        }
+        if let Some(u) = winograd
+            && winograd::pays(g)
+        {
+            let epilogue = Epilogue { bias, relu6 };
+            return winograd::forward(x, u, epilogue, y, g, level);
         }
         let d = GroupGemm::new(g);
         if let Some(imgs) = self.images_per_product(&d) {

@@ -1,8 +1,10 @@
 //! Dense and grouped 2-D convolution over NCHW tensors, forward and both backward passes.
 //!
 //! Dispatch: 1×1 with stride 1 and no padding → GEMM straight on the image (`[Cout,Cin]·[Cin,HW]`,
-//! no copy); groups == channels → the direct kernels in [`crate::depthwise`]; everything else →
-//! im2col + GEMM, tiled over output rows so the column buffer stays within one core's L2.
+//! no copy); groups == channels → the direct kernels in [`crate::depthwise`]; a dense 3×3 at
+//! stride 1 with prepared weights ([`PackedWeight`]), where it pays → Winograd F(2×2, 3×3)
+//! (`winograd.rs`); everything else → im2col + GEMM, tiled over output rows so the column
+//! buffer stays within one core's L2.
 //!
 //! Parallelism (one level, [`crate::parallel`]): forward and input gradient split into
 //! independent tasks over (image, group, output tile or input-channel block), each calling a
@@ -21,12 +23,14 @@ mod forward;
 mod im2col;
 #[cfg(test)]
 mod tests;
+mod winograd;
 mod workspace;
 
 pub use crate::geometry::{ConvGeom, ConvParams};
 pub use backward::backward_bias;
 use backward::{backward_input_at, backward_weight_at};
 use forward::Forward;
+use winograd::WinogradWeight;
 use workspace::output_vec;
 
 use crate::elementwise::as_uninit;
@@ -48,14 +52,15 @@ pub fn conv2d_act(
     p: ConvParams,
     relu6: bool,
 ) -> Result<Tensor> {
-    forward_tensor("conv2d", x, (w, None), bias, p, relu6)
+    forward_tensor("conv2d", x, w, None, bias, p, relu6)
 }
 
 /// The shape checks and output allocation of [`conv2d_act`] and [`conv2d_act_packed`].
 fn forward_tensor(
     op: &'static str,
     x: &Tensor,
-    (w, packs): (&Tensor, Option<&[PackedLhs]>),
+    w: &Tensor,
+    packed: Option<&PackedWeight>,
     bias: Option<&Tensor>,
     p: ConvParams,
     relu6: bool,
@@ -73,7 +78,8 @@ fn forward_tensor(
     let call = Forward {
         x: x.data(),
         w: w.data(),
-        packed: packs,
+        packed: packed.and_then(|p| p.packs.as_deref()),
+        winograd: packed.and_then(|p| p.winograd.as_ref()),
         bias: bias.map(Tensor::data),
         relu6,
         g: &g,
@@ -83,18 +89,23 @@ fn forward_tensor(
     Tensor::from_vec(&out, y)
 }
 
-/// A conv weight with its GEMM operand packed once per group, for inference with fixed weights
-/// ([`conv2d_act_packed`]): at batch 1, packing the weight was ~11% of a MobileNetV2 forward.
+/// A conv weight prepared once for inference with fixed weights ([`conv2d_act_packed`]): its
+/// GEMM operand packed per group (at batch 1, packing the weight was ~11% of a MobileNetV2
+/// forward) and, for a dense 3×3, its Winograd transform, which stride-1 calls use where it is
+/// faster.
 #[derive(Clone)]
 pub struct PackedWeight {
     weight: Tensor,
     groups: usize,
-    packs: Vec<PackedLhs>,
+    /// One packing per group, where the GEMM kernel reads packings (AVX-512).
+    packs: Option<Vec<PackedLhs>>,
+    winograd: Option<WinogradWeight>,
 }
 
 impl PackedWeight {
-    /// Packs `w` (`[cout, cin/groups, k, k]`), or `None` when no GEMM would read the packing:
-    /// depthwise weights, a level below AVX-512 ([`crate::simd::level`]), or a malformed shape.
+    /// Prepares `w` (`[cout, cin/groups, k, k]`), or `None` when there is nothing to prepare:
+    /// depthwise weights, a malformed shape, or a level below AVX-512 ([`crate::simd::level`])
+    /// for anything but a dense 3×3 with enough input channels for Winograd to pay.
     pub fn new(w: &Tensor, groups: usize) -> Option<PackedWeight> {
         let &[cout, cin_g, k, _] = w.shape() else {
             return None;
@@ -107,11 +118,17 @@ impl PackedWeight {
             .data()
             .chunks_exact(rows * cols)
             .map(|wg| PackedLhs::new(rows, cols, wg, cols, 1))
-            .collect::<Option<Vec<_>>>()?;
+            .collect::<Option<Vec<_>>>();
+        let winograd = (k == 3 && groups == 1 && cin_g >= winograd::MIN_CIN)
+            .then(|| WinogradWeight::new(w.data(), cout, cin_g));
+        if packs.is_none() && winograd.is_none() {
+            return None;
+        }
         Some(PackedWeight {
             weight: w.clone(),
             groups,
             packs,
+            winograd,
         })
     }
 
@@ -140,8 +157,7 @@ pub fn conv2d_act_packed(
             ),
         ));
     }
-    let packs = Some(w.packs.as_slice());
-    forward_tensor(OP, x, (&w.weight, packs), bias, p, relu6)
+    forward_tensor(OP, x, &w.weight, Some(w), bias, p, relu6)
 }
 
 /// Gradient of [`conv2d`] with respect to its input of shape `x_shape`.
@@ -223,6 +239,7 @@ pub fn forward(
         x,
         w,
         packed: None,
+        winograd: None,
         bias,
         relu6,
         g,

@@ -254,23 +254,29 @@ fn prepacked_weights_match_plain_ones() {
         // Small maps: several images per product.
         (4, 160, 1, 1, 96, 1, 1, 0, 1),
         (5, 24, 4, 4, 30, 3, 1, 1, 1),
+        // Winograd-prepared (stride 1), and the same weight at stride 2.
+        (1, 48, 9, 8, 20, 3, 1, 1, 1),
+        (1, 48, 9, 8, 20, 3, 2, 1, 1),
     ] {
         let p = ConvParams::new(stride, pad, groups);
         let x = tensor(&mut r, &[n, cin, h, w]);
         let wt = tensor(&mut r, &[cout, cin / groups, k, k]);
         let bias = tensor(&mut r, &[cout]);
-        // Packed only at the AVX-512 level.
+        // Packed only at the AVX-512 level; a wide dense 3×3 gets its Winograd transform at any.
         for_each_level(|level| {
             let packed = PackedWeight::new(&wt, groups);
             assert_eq!(
                 packed.is_some(),
-                level == Level::Avx512,
+                level == Level::Avx512 || k == 3 && groups == 1 && cin >= 48,
                 "packing at {level}"
             );
         });
         let Some(packed) = PackedWeight::new(&wt, groups) else {
-            eprintln!("note: no AVX-512 here: weights are never prepacked");
-            return;
+            eprintln!(
+                "note: no AVX-512 here: {:?} k{k} is not prepacked",
+                x.shape()
+            );
+            continue;
         };
         assert!(packed.packs(&wt, groups) && !packed.packs(&wt, groups + 1));
         // A packing made at AVX-512 serves every level (below it, the weight is read).
@@ -294,6 +300,63 @@ fn prepacked_weights_match_plain_ones() {
     }
     let depthwise = Tensor::zeros(&[8, 1, 3, 3]);
     assert!(PackedWeight::new(&depthwise, 8).is_none());
+}
+
+#[test]
+fn winograd_matches_reference() {
+    let mut r = rng(91);
+    // (n, cin, h, w, cout, pad): the merged blocks' shapes, odd and even output sizes, maps
+    // smaller than a tile, one channel, several images per task, tile rows split across tasks.
+    for (n, cin, h, w, cout, pad) in [
+        (1, 16, 32, 32, 16, 1),
+        (1, 48, 8, 8, 48, 1),
+        (2, 13, 9, 11, 30, 0),
+        (1, 3, 7, 5, 5, 1),
+        (3, 1, 3, 3, 1, 1),
+        (2, 8, 1, 1, 4, 1),
+        (1, 5, 3, 4, 7, 0),
+        (5, 24, 4, 4, 30, 1),
+        (2, 7, 33, 17, 9, 1),
+        // Batch 1 on a small map: output channels split across tasks.
+        (1, 40, 7, 7, 100, 1),
+    ] {
+        let p = ConvParams::new(1, pad, 1);
+        let g = ConvGeom::new("test", [n, cin, h, w], &[cout, cin, 3, 3], p).unwrap();
+        let x = tensor(&mut r, &[n, cin, h, w]);
+        // Weights ×4 so that outputs pass 6 as well as 0.
+        let wt = crate::elementwise::scale(&tensor(&mut r, &[cout, cin, 3, 3]), 4.0);
+        let bias = tensor(&mut r, &[cout]);
+        let u = winograd::WinogradWeight::new(wt.data(), cout, cin);
+        let exact = reference::forward(x.data(), wt.data(), Some(bias.data()), &g);
+        for_each_level(|level| {
+            for relu6 in [false, true] {
+                let epilogue = Epilogue {
+                    bias: Some(bias.data()),
+                    relu6,
+                };
+                let len = g.output_shape().iter().product();
+                let y = workspace::output_vec(len, |y| {
+                    winograd::forward(x.data(), &u, epilogue, y, &g, level)
+                });
+                let expected: Vec<f32> = exact
+                    .iter()
+                    .map(|&v| if relu6 { v.clamp(0.0, 6.0) } else { v })
+                    .collect();
+                let what = format!(
+                    "winograd {:?} → {cout} pad {pad} relu6 {relu6} at {level}",
+                    x.shape()
+                );
+                assert_close(&y, &expected, 1e-5, &what);
+            }
+        });
+        // The public entry point, whichever path it takes for the shape (nothing is prepared
+        // for fewer than 48 input channels below AVX-512).
+        if let Some(packed) = PackedWeight::new(&wt, 1) {
+            let y = conv2d_act_packed(&x, &packed, Some(&bias), p, false).unwrap();
+            let what = "conv2d_act_packed with a Winograd weight";
+            assert_close(y.data(), &exact, 1e-5, what);
+        }
+    }
 }
 
 #[test]

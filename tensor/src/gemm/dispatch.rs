@@ -167,8 +167,8 @@ impl<'a> Product<'a> {
     }
 
     /// Rows `[start, start + len)` of C: the product with A's rows (and the epilogue's) from
-    /// `start`.
-    fn rows(&self, start: usize, len: usize) -> Product<'a> {
+    /// `start`. With a packed A, `start` must be a multiple of `TILE_ROWS`.
+    pub(crate) fn rows(&self, start: usize, len: usize) -> Product<'a> {
         Product {
             m: len,
             a: self.a.at(start, 0),

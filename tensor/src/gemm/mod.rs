@@ -29,7 +29,7 @@ use crate::{Result, Tensor, TensorError};
 
 /// Rows and columns of C in the AVX-512 kernel's register tile. Parallel blocks of C start at
 /// multiples of them, so every block keeps whole tiles (and a [`PackedLhs`]'s row strips line up).
-const TILE_ROWS: usize = 12;
+pub(crate) const TILE_ROWS: usize = 12;
 pub(crate) const TILE_COLS: usize = 32;
 
 /// C = alpha·A·B + beta·C, with A `m×k`, B `k×n`, C `m×n` addressed as `x[i*rs + j*cs]`, at
