@@ -15,14 +15,14 @@ use depthshrink_nn::module::state_dict;
 use depthshrink_nn::network::Network;
 use depthshrink_shrinker::config::DistillConfig;
 use depthshrink_shrinker::finetune::finetune;
-use depthshrink_shrinker::latency::{LatencyTable, Throughput, compare_with_original, measure};
+use depthshrink_shrinker::latency::{LatencyTable, Throughput, compare_with_original};
 use depthshrink_shrinker::merge::{MERGE_TOLERANCE, Merged, blocks_to_merge, merge_and_verify};
 use depthshrink_shrinker::search;
 use depthshrink_shrinker::train::{LAST, TrainConfig, evaluate, train};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::args::{stage_error, write_json};
+use crate::latency::measure_table;
 use crate::plot;
 use crate::search::{load_pretrained, print_output};
 use crate::train::{ConfigArgs, Progress, config_threads, load_config, pct};
@@ -90,9 +90,6 @@ const SHIPPED: &str = concat!(
 
 /// Timed passes per network and batch size in the final benchmark (the median is reported).
 const BENCH_RUNS: usize = 21;
-/// Timed passes per block in the latency table: medians of this many keep the load of a shared
-/// machine out of the ΔL the search weighs.
-const LATENCY_RUNS: usize = 15;
 
 /// A stage's header and, for a reader following along, one line on what it does.
 fn stage(n: usize, title: &str, what: &str) {
@@ -175,7 +172,7 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
             println!("reading {}", path.display());
             LatencyTable::read(path, Some(&pretrained.arch), Some(res)).map_err(stage_error)?
         }
-        None => latency_table(&pretrained, res, args.bench_batch, &out)?,
+        None => measure_table(&pretrained.arch, res, args.bench_batch, &out)?,
     };
 
     stage(
@@ -313,34 +310,6 @@ fn write_figure(
     let path = out.join("plot.svg");
     plot::write(&path, &plot::render(&runs, &tables, Some(&reference))?)?;
     Ok(path)
-}
-
-/// Measures the per-block latency table of `net`'s architecture and writes `latency.json`.
-fn latency_table(
-    net: &Network,
-    res: usize,
-    batch: usize,
-    out: &Path,
-) -> Result<LatencyTable, String> {
-    let bar = ProgressBar::new(net.blocks.len() as u64).with_style(
-        ProgressStyle::with_template("timing blocks {bar:30} {pos}/{len} {elapsed}")
-            .expect("valid template"),
-    );
-    let table = measure(&net.arch, res, batch, LATENCY_RUNS, |done, _| {
-        bar.set_position(done as u64)
-    })
-    .map_err(|e| e.to_string())?;
-    bar.finish_and_clear();
-    let pays = table.blocks.iter().filter(|b| b.saving_ms() > 0.0).count();
-    println!(
-        "batch {batch}, {res}²: network {:.2} ms unmerged, {:.2} ms with every block merged; merging pays for {pays} of {} blocks",
-        table.network_ms,
-        table.merged_network_ms,
-        table.blocks.len()
-    );
-    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
-    write_json(&out.join("latency.json"), &table)?;
-    Ok(table)
 }
 
 fn print_summary(s: &Summary) {

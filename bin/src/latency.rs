@@ -3,7 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use depthshrink_shrinker::latency::measure;
+use depthshrink_nn::arch::ArchConfig;
+use depthshrink_shrinker::latency::{LatencyTable, measure};
 use depthshrink_shrinker::study::{self, STUDY_LATENCY, Study};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -31,6 +32,42 @@ pub struct LatencyArgs {
     #[arg(long, value_name = "DIR", conflicts_with_all = ["out", "batch"])]
     study: Option<PathBuf>,
 }
+
+/// Timed runs per block of the tables `demo` and `search` measure for themselves: medians of
+/// this many keep the load of a shared machine out of the ΔL the search weighs.
+const OWN_TABLE_RUNS: usize = 15;
+
+/// Measures the per-block latency table of `arch` at `res`² and batch `batch` (a progress bar
+/// while it runs, one line of summary after) and writes it to `out/latency.json`.
+pub fn measure_table(
+    arch: &ArchConfig,
+    res: usize,
+    batch: usize,
+    out: &Path,
+) -> Result<LatencyTable, String> {
+    let bar = ProgressBar::new(arch.spec().blocks.len() as u64).with_style(
+        ProgressStyle::with_template("timing blocks {bar:30} {pos}/{len} {elapsed}")
+            .expect("valid template"),
+    );
+    let table = measure(arch, res, batch, OWN_TABLE_RUNS, |done, _| {
+        bar.set_position(done as u64)
+    })
+    .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let pays = table.blocks.iter().filter(|b| b.saving_ms() > 0.0).count();
+    println!(
+        "batch {batch}, {res}²: network {:.2} ms unmerged, {:.2} ms with every block merged; merging pays for {pays} of {} blocks",
+        table.network_ms,
+        table.merged_network_ms,
+        table.blocks.len()
+    );
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    write_json(&out.join(OWN_TABLE), &table)?;
+    Ok(table)
+}
+
+/// Where [`measure_table`] writes its table in a run's directory.
+pub const OWN_TABLE: &str = "latency.json";
 
 /// The batch sizes a study is timed at (the report's two Pareto plots).
 const STUDY_BATCHES: [usize; 2] = [1, 64];

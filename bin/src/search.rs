@@ -8,8 +8,10 @@ use depthshrink_nn::checkpoint;
 use depthshrink_nn::network::Network;
 use depthshrink_shrinker::latency::LatencyTable;
 use depthshrink_shrinker::search::{self, SEARCH_JSON, SearchOutput};
+use depthshrink_shrinker::train::TrainConfig;
 
 use crate::args::stage_error;
+use crate::latency::{OWN_TABLE, measure_table};
 use crate::train::{Progress, RunArgs, config_threads, load_config};
 
 #[derive(Args)]
@@ -24,7 +26,9 @@ pub struct SearchArgs {
     #[arg(long, value_name = "R")]
     pub keep_ratio: Option<f64>,
     /// Latency table from `depthshrink latency --out` (enables the latency term, weight
-    /// `search.latency_weight`).
+    /// `search.latency_weight`). Without it, a config with `search.only_if_merge_pays` (the
+    /// built-in one) has the search time the blocks itself, at batch 64, into OUT/latency.json
+    /// (reused by --resume).
     #[arg(long, value_name = "FILE")]
     pub latency: Option<PathBuf>,
     /// The random-removal baseline: the same number of kept activations, drawn at random
@@ -54,12 +58,12 @@ pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> 
         None => return Err("--pretrained FILE is required (or --random for the baseline)".into()),
     };
     // The search checks the architecture (and the input size, once its data is open).
-    let latency = args
-        .latency
-        .as_deref()
-        .map(|p| LatencyTable::read(p, None, None))
-        .transpose()
-        .map_err(stage_error)?;
+    let needs_table = config.search.as_ref().is_some_and(|s| s.only_if_merge_pays);
+    let latency = match (&args.latency, &pretrained) {
+        (Some(path), _) => Some(LatencyTable::read(path, None, None).map_err(stage_error)?),
+        (None, Some(net)) if needs_table => Some(own_table(&config, net, &out, args.run.resume)?),
+        (None, _) => None,
+    };
     let output = match pretrained {
         None => search::random_search(&config, latency.as_ref(), &out),
         Some(net) => search::search(
@@ -80,6 +84,32 @@ pub fn run(args: &SearchArgs, cli_threads: Option<usize>) -> Result<(), String> 
         path.display()
     );
     Ok(())
+}
+
+/// Batch size of the latency table a search measures for itself (as `demo`'s default).
+const OWN_TABLE_BATCH: usize = 64;
+
+/// The latency table `search.only_if_merge_pays` reads when no --latency is given: measured
+/// here into `out`, or on --resume the one measured when the search started (a new one would
+/// carry other timing noise into the latency term).
+fn own_table(
+    config: &TrainConfig,
+    net: &Network,
+    out: &Path,
+    resume: bool,
+) -> Result<LatencyTable, String> {
+    let path = out.join(OWN_TABLE);
+    if resume && path.exists() {
+        println!("reading the search's own latency table {}", path.display());
+        return LatencyTable::read(&path, Some(&net.arch), None).map_err(stage_error);
+    }
+    let data = config.data.open(config.seed).map_err(|e| e.to_string())?;
+    let res = data.input_res().map_err(|e| e.to_string())?;
+    println!(
+        "search.only_if_merge_pays and no --latency: timing the blocks on this machine ({} {res}², batch {OWN_TABLE_BATCH})",
+        net.arch
+    );
+    measure_table(&net.arch, res, OWN_TABLE_BATCH, out)
 }
 
 /// Loads a pretrained network from a depthshrink checkpoint.

@@ -141,6 +141,71 @@ fn demo_runs_every_stage_and_the_merged_network_keeps_the_accuracy() {
     assert!(again.contains("nothing to do"), "{again}");
 }
 
+/// `search.only_if_merge_pays` without --latency: the search times the blocks itself, removes
+/// only activations whose block's merge that table says saves time, and --resume reuses it.
+#[test]
+fn a_search_that_removes_only_paying_merges_measures_its_own_table() {
+    let dir = scratch("search-paying");
+    let (config, weights) = pretrained(&dir);
+    let search = dir.join("search");
+    let args = [
+        "--threads",
+        "2",
+        "search",
+        "--config",
+        &config,
+        "--pretrained",
+        s(&weights),
+        "--set",
+        "search.only_if_merge_pays=true",
+        "--out",
+        s(&search),
+    ];
+    let stdout = ok(&args);
+    assert!(
+        stdout.contains("timing the blocks on this machine"),
+        "{stdout}"
+    );
+    let table = json(&search.join("latency.json"));
+    let mut savings = vec![0.0; 19];
+    for b in table["blocks"].as_array().unwrap() {
+        let f = |key: &str| b[key].as_f64().unwrap();
+        savings[b["index"].as_u64().unwrap() as usize] = f("unmerged_ms") - f("merged_ms");
+    }
+    let out = json(&search.join("search.json"));
+    // The indices that cannot be removed (stem, head, blocks whose merge does not pay) are in
+    // every keep list, the shortest included.
+    let fixed = savings.iter().filter(|&&dl| dl <= 0.0).count();
+    assert!(fixed >= 2, "{savings:?}");
+    assert_eq!(out["keep_lists"][0]["kept"], fixed as u64, "{out}");
+    for (i, k) in out["keep"].as_array().unwrap().iter().enumerate() {
+        assert!(
+            k.as_u64() == Some(1) || savings[i] > 0.0,
+            "index {i} removed, but its merge saves {} ms",
+            savings[i]
+        );
+    }
+    let resumed = ok(&[&args[..], &["--resume"]].concat());
+    assert!(
+        resumed.contains("reading the search's own latency table"),
+        "{resumed}"
+    );
+    // The random baseline has no table to measure from: the error says what to give it.
+    fails_with(
+        &[
+            "search",
+            "--config",
+            &config,
+            "--random",
+            "--set",
+            "search.only_if_merge_pays=true",
+            "--out",
+            s(&dir.join("random")),
+        ],
+        "--latency",
+    );
+}
+
 #[test]
 fn search_writes_keep_lists_and_finetune_uses_them() {
     let dir = scratch("search");

@@ -13,6 +13,7 @@ use depthshrink_nn::optim::OptimizerConfig;
 use depthshrink_nn::schedule::ScheduleConfig;
 use serde::{Deserialize, Serialize};
 
+use crate::latency::LatencyTable;
 use crate::train::TrainError;
 
 /// A training run, as written in a TOML file (see `configs/`). Scalars first, then the tables
@@ -350,6 +351,12 @@ pub struct SearchConfig {
     /// Activation indices the search may remove (absent = all); the others are always kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub searchable: Option<Vec<usize>>,
+    /// Remove only where merging pays: the search (and the random baseline) may remove an index
+    /// only when the latency table says merging its block saves time (ΔL > 0), on top of
+    /// `searchable`. An activation removed from a block that then stays unmerged costs accuracy
+    /// and buys nothing: its pad-first block runs slower than the original one.
+    #[serde(default)]
+    pub only_if_merge_pays: bool,
     /// Log the gate scores to `metrics.jsonl` every this many steps.
     #[serde(default = "default_log_every")]
     pub log_every: usize,
@@ -373,6 +380,7 @@ impl Default for SearchConfig {
             latency_sign: LatencySign::default(),
             gate_gradient: GateGradient::default(),
             searchable: None,
+            only_if_merge_pays: false,
             log_every: default_log_every(),
         }
     }
@@ -424,6 +432,33 @@ impl SearchConfig {
                 Ok(s)
             }
         }
+    }
+}
+
+impl SearchConfig {
+    /// This table with `searchable` narrowed to the blocks whose merge `latency` says saves time
+    /// when `only_if_merge_pays` asks for it (unchanged otherwise). Errors when it asks without a
+    /// table, or on an index outside 0..n.
+    pub fn resolve(
+        &self,
+        n: usize,
+        latency: Option<&LatencyTable>,
+    ) -> Result<SearchConfig, String> {
+        if !self.only_if_merge_pays {
+            return Ok(self.clone());
+        }
+        let table = latency.ok_or(
+            "search.only_if_merge_pays needs a latency table to say where merging pays \
+             (`--latency T.json`, written by `depthshrink latency --out`)",
+        )?;
+        let (searchable, savings) = (self.searchable(n)?, table.savings());
+        let paying = (0..n)
+            .filter(|&i| searchable[i] && savings.get(i).is_some_and(|&dl| dl > 0.0))
+            .collect();
+        Ok(SearchConfig {
+            searchable: Some(paying),
+            ..self.clone()
+        })
     }
 }
 

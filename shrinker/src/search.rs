@@ -238,17 +238,18 @@ pub fn search(
     resume: bool,
     observer: &mut dyn Observer,
 ) -> Result<SearchOutput, StageError> {
-    let search = config
-        .search
-        .get_or_insert_with(SearchConfig::default)
-        .clone();
     let n = pretrained.num_acts();
-    let searchable = search.searchable(n).map_err(StageError::Config)?;
     if let Some(table) = latency {
         table
             .check(&pretrained.arch, None)
             .map_err(StageError::Latency)?;
     }
+    let search = config
+        .search
+        .get_or_insert_with(SearchConfig::default)
+        .resolve(n, latency)
+        .map_err(StageError::Config)?;
+    let searchable = search.searchable(n).map_err(StageError::Config)?;
     install_gates(&mut pretrained, &search)?;
     let smoothing = config.label_smoothing as f32;
     let mut trainer = Trainer::with_model(config, out, resume, Some(pretrained))?;
@@ -289,9 +290,9 @@ pub fn random_search(
     if let Some(table) = latency {
         table.check(&arch, None).map_err(StageError::Latency)?;
     }
-    let searchable = search
-        .searchable(arch.spec().num_acts())
-        .map_err(StageError::Config)?;
+    let n = arch.spec().num_acts();
+    let search = search.resolve(n, latency).map_err(StageError::Config)?;
+    let searchable = search.searchable(n).map_err(StageError::Config)?;
     let output = SearchOutput::random(&searchable, search.keep_ratio, config.seed, latency);
     write_output(out, &output)?;
     Ok(output)
@@ -343,6 +344,53 @@ mod tests {
         };
         assert_eq!(config.searchable(4).unwrap(), [true, false, false, true]);
         assert!(config.searchable(3).unwrap_err().contains("index 3"));
+    }
+
+    /// `only_if_merge_pays` narrows the searchable indices to the blocks the table says save
+    /// time (not the stem or head, not a block whose merge is slower), and needs a table.
+    #[test]
+    fn only_paying_merges_are_searchable() {
+        let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
+        let n = arch.spec().num_acts();
+        let blocks = (1..n - 1)
+            .map(|index| crate::latency::BlockLatency {
+                index,
+                cin: 1,
+                cout: 1,
+                k: 3,
+                stride: 1,
+                size: 8,
+                unmerged_ms: 1.0,
+                // Blocks 2, 3 and 5 save time, block 4 breaks even, the rest are slower merged.
+                merged_ms: match index {
+                    2 | 3 | 5 => 0.5,
+                    4 => 1.0,
+                    _ => 2.0,
+                },
+            })
+            .collect();
+        let table = crate::latency::LatencyTable {
+            arch,
+            res: 8,
+            batch: 1,
+            threads: 1,
+            blocks,
+            network_ms: 10.0,
+            merged_network_ms: 5.0,
+        };
+        let config = SearchConfig {
+            only_if_merge_pays: true,
+            searchable: Some((1..n - 1).filter(|&i| i != 5).collect()),
+            ..SearchConfig::default()
+        };
+        let resolved = config.resolve(n, Some(&table)).unwrap();
+        assert_eq!(resolved.searchable, Some(vec![2, 3]));
+        let err = config.resolve(n, None).unwrap_err();
+        assert!(err.contains("search.only_if_merge_pays"), "{err}");
+        // Off: unchanged, with or without a table.
+        let off = SearchConfig::default();
+        assert_eq!(off.resolve(n, Some(&table)).unwrap(), off);
+        assert_eq!(off.resolve(n, None).unwrap(), off);
     }
 
     /// One search step moves the scores by the STE gradient plus the latency pull, and the
