@@ -1,5 +1,5 @@
-//! Golden tests against PyTorch 2.15 (fixtures and their generator: tests/fixtures/README.md,
-//! tools/make_fixtures.py). Relative errors are measured against each tensor's largest value.
+//! Golden tests against PyTorch 2.15 and timm (fixtures and their generator:
+//! tests/fixtures/README.md, tools/make_fixtures.py). Relative errors are measured against each tensor's largest value.
 
 use std::collections::BTreeMap;
 
@@ -220,6 +220,73 @@ fn torchvision_mobilenet_v2_logits_match() {
             .forward(&Var::constant(get(&f, input).clone()), &Ctx::eval())
             .unwrap();
         assert_close(y.value(), get(&f, logits), 1e-4, logits);
+    }
+}
+
+/// A string from a fixture file's safetensors `__metadata__` map (`checkpoint::load` keeps only
+/// depthshrink's own document).
+fn file_metadata(name: &str, key: &str) -> String {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    header["__metadata__"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("{path}: no metadata {key}"))
+        .to_string()
+}
+
+/// The weights `formula_weights` in tools/make_fixtures.py gives the tensors `shapes` (in that
+/// order): integer hashing, so both sides draw exactly the same u.
+fn formula_weights(shapes: &[(String, Vec<usize>)]) -> BTreeMap<String, Tensor> {
+    let weights = shapes.iter().enumerate().map(|(s, (name, shape))| {
+        let n: usize = shape.iter().product();
+        let scale = (2.0 * (6.0 / (n / shape[0]) as f64).sqrt()) as f32;
+        let field = name.rsplit('.').next().unwrap();
+        let data = (0..n as u64)
+            .map(|i| {
+                let h = (i * 2_654_435_761 + s as u64 * 40_503 + 12_345) % (1 << 32);
+                let u = (h as f64 / 4_294_967_296.0) as f32;
+                if shape.len() > 1 {
+                    (u - 0.5) * scale
+                } else if field == "weight" || field == "running_var" {
+                    0.5 + u
+                } else {
+                    (u - 0.5) * 0.2
+                }
+            })
+            .collect();
+        (name.clone(), Tensor::from_vec(shape, data).unwrap())
+    });
+    weights.collect()
+}
+
+/// timm's `efficientnet_lite0` state dict, under timm's names, loads without architecture flags
+/// and gives timm's logits, as trained (BN unfolded) and as run for inference.
+#[test]
+fn timm_efficientnet_lite0_logits_match() {
+    let name = "lite0_timm.safetensors";
+    let f = fixture(name);
+    let shapes: Vec<(String, Vec<usize>)> =
+        serde_json::from_str(&file_metadata(name, "timm_state")).unwrap();
+    let weights = Checkpoint {
+        path: f.path.clone(),
+        tensors: formula_weights(&shapes),
+        metadata: serde_json::Value::Null,
+    };
+    let mut net = Network::from_checkpoint(&weights, None).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(net.arch, ArchConfig::efficientnet_lite0(10, false));
+    let mut fast = net.for_inference().unwrap();
+    // These logits share a large common part, so a wrong weight moves them little: swapping the
+    // expand and depthwise batch norms of every block gave 1.1e-4 (matched: 1.0e-6).
+    const TOL: f32 = 1e-5;
+    for size in ["x64", "x97"] {
+        let x = Var::constant(get(&f, &format!("input.{size}")).clone());
+        let want = get(&f, &format!("logits.{size}"));
+        let y = net.forward(&x, &Ctx::eval()).unwrap();
+        assert_close(y.value(), want, TOL, &format!("logits {size}"));
+        let y = fast.forward(&x, &Ctx::eval()).unwrap();
+        assert_close(y.value(), want, TOL, &format!("inference logits {size}"));
     }
 }
 

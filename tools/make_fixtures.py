@@ -8,7 +8,7 @@ Purpose
     those committed files; they never need PyTorch. Re-run this script only when a fixture changes.
 
 Command (from the repository root; the virtualenv lives OUTSIDE the repository):
-    python3 -m venv VENV && VENV/bin/pip install torch torchvision safetensors onnxruntime
+    python3 -m venv VENV && VENV/bin/pip install torch torchvision safetensors onnxruntime timm
     VENV/bin/python tools/make_fixtures.py            # writes tests/fixtures/*.safetensors
     VENV/bin/python tools/make_fixtures.py --out DIR  # writes elsewhere (e.g. to diff a rerun)
     VENV/bin/python tools/make_fixtures.py --list     # also prints every tensor's name/dtype/shape
@@ -25,6 +25,9 @@ Files written (tensor names, shapes and formulas: tests/fixtures/README.md)
                                  mode: state_dict (float16, torchvision names, num_batches_tracked
                                  dropped), inputs 2x3x64x64 and 1x3x97x83, logits, a few block
                                  outputs (act.features.<i>) and the final feature map.
+    lite0_timm.safetensors       timm efficientnet_lite0(num_classes=10), eval mode, weights from a
+                                 formula the Rust test recomputes (only names and shapes stored,
+                                 in the metadata), inputs 2x3x64x64 and 1x3x97x83, logits.
     mbv2_train_step.safetensors  torchvision mobilenet_v2(width_mult=0.25, num_classes=10), dropout
                                  p=0, train mode, input 4x3x48x48: one step of CE(label smoothing
                                  0.1) + SGD(lr 0.1, momentum 0.9, nesterov, weight decay 1e-4 on
@@ -587,6 +590,64 @@ def write(path, tensors, meta):
     return os.path.getsize(path), status
 
 
+# ----------------------------------------------------------------------------------------------
+# lite0_timm.safetensors
+# ----------------------------------------------------------------------------------------------
+
+
+def formula_weights(shapes):
+    """Deterministic weights from their timm names' order and shapes alone, so that the fixture
+    need not carry 3.4 M parameters: the Rust test recomputes them (tests/golden.rs,
+    `formula_weights`). Element i of tensor number s draws u = ((i * 2654435761 + s * 40503 +
+    12345) mod 2^32) / 2^32, exact in integers on both sides, then: conv/linear weights
+    (u - 0.5) * 2 * sqrt(6 / fan_in) (variance 2 / fan_in, so that the input still shows in
+    the logits after 16 blocks), BN weight and running_var 0.5 + u,
+    every bias and running_mean (u - 0.5) * 0.2."""
+    import numpy as np
+    out = {}
+    for s, (name, shape) in enumerate(shapes):
+        n = 1
+        for d in shape:
+            n *= d
+        i = np.arange(n, dtype=np.uint64)
+        h = (i * np.uint64(2654435761) + np.uint64(s * 40503 + 12345)) % np.uint64(2**32)
+        u = (h.astype(np.float64) / 2.0**32).astype(np.float32)
+        field = name.rsplit(".", 1)[1]
+        if len(shape) > 1:
+            fan_in = n // shape[0]
+            v = (u - np.float32(0.5)) * np.float32(2.0 * (6.0 / fan_in) ** 0.5)
+        elif field in ("weight", "running_var"):
+            v = np.float32(0.5) + u
+        else:
+            v = (u - np.float32(0.5)) * np.float32(0.2)
+        out[name] = torch.from_numpy(v.astype(np.float32).reshape(shape))
+    return out
+
+
+def make_lite0_timm():
+    """timm efficientnet_lite0(num_classes=10), eval mode, weights by `formula_weights` over its
+    state_dict (num_batches_tracked dropped) in timm's names, inputs 2x3x64x64 and 1x3x97x83,
+    logits. The names and shapes are in the metadata (`timm_state`), in the order the formula
+    numbers them."""
+    import timm
+    model = timm.create_model("efficientnet_lite0", pretrained=False, num_classes=10).eval()
+    shapes = [(k, list(v.shape)) for k, v in model.state_dict().items()
+              if not k.endswith("num_batches_tracked")]
+    weights = formula_weights(shapes)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.endswith("num_batches_tracked") for k in missing)
+    tensors, meta = {}, base_metadata()
+    meta["timm_version"] = timm.__version__
+    meta["timm_state"] = json.dumps(shapes)
+    g = gen(700)
+    for name, shape in [("x64", (2, 3, 64, 64)), ("x97", (1, 3, 97, 83))]:
+        x = randn(g, *shape)
+        with torch.no_grad():
+            tensors[f"input.{name}"] = f32(x)
+            tensors[f"logits.{name}"] = f32(model(x))
+    return tensors, meta
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "tests", "fixtures"),
@@ -603,7 +664,8 @@ def main():
     total = 0
     for fname, make in [("kernels.safetensors", make_kernels),
                         ("mbv2_forward.safetensors", make_mbv2_forward),
-                        ("mbv2_train_step.safetensors", make_mbv2_train_step)]:
+                        ("mbv2_train_step.safetensors", make_mbv2_train_step),
+                        ("lite0_timm.safetensors", make_lite0_timm)]:
         tensors, meta = make()
         for k, v in tensors.items():
             assert torch.isfinite(v.float()).all(), f"{fname}: {k} is not finite"

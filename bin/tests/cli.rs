@@ -72,6 +72,50 @@ fn infer_on_a_torchvision_export_reproduces_pytorch_logits() {
 
 /// Runs the binary, expecting a failure whose message contains `needle` (and no panic).
 #[track_caller]
+/// A state dict in timm's names (`efficientnet_lite0`, 10 classes: the names and shapes the
+/// golden fixture records) loads with no architecture flags, as EfficientNet-Lite0.
+#[test]
+fn a_timm_efficientnet_lite0_file_loads_without_flags() {
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/lite0_timm.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + len]).unwrap();
+    let shapes: Vec<(String, Vec<usize>)> =
+        serde_json::from_str(header["__metadata__"]["timm_state"].as_str().unwrap()).unwrap();
+    let tensors: Vec<(String, Tensor)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n = shape.iter().product();
+            let fill = if name.ends_with("running_var") {
+                1.0
+            } else {
+                0.01
+            };
+            (name, Tensor::from_vec(&shape, vec![fill; n]).unwrap())
+        })
+        .collect();
+    assert!(
+        tensors
+            .iter()
+            .any(|(n, _)| n == "blocks.6.0.conv_pwl.weight")
+    );
+    let dir = scratch("timm");
+    let (w, onnx) = (dir.join("lite0.safetensors"), dir.join("lite0.onnx"));
+    checkpoint::save(&w, &tensors, &Value::Null).unwrap();
+    let out = run(&[
+        "export",
+        "--weights",
+        w.to_str().unwrap(),
+        "--out",
+        onnx.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("EfficientNet-Lite0"), "{stdout}");
+    assert!(stdout.contains("of 16 blocks"), "{stdout}");
+}
+
 fn fails_with(args: &[&str], needle: &str) {
     let out = run(args);
     assert!(!out.status.success(), "{args:?} succeeded");

@@ -337,8 +337,26 @@ impl Network {
             path: ckpt.path.clone(),
             detail,
         };
+        // timm's names: renamed, and the architecture is EfficientNet-Lite0 whatever the flags
+        // say of the family (its classes read off the classifier).
+        let timm = checkpoint::timm::is_timm(&ckpt.tensors);
+        let renamed;
+        let ckpt = if timm {
+            renamed = Checkpoint {
+                tensors: checkpoint::timm::rename(ckpt.tensors.clone()),
+                ..ckpt.clone()
+            };
+            &renamed
+        } else {
+            ckpt
+        };
         let arch = match ckpt.metadata.get("arch") {
             Some(a) => serde_json::from_value::<ArchConfig>(a.clone()).map_err(|e| bad(format!("invalid `arch` metadata: {e}")))?,
+            None if timm => {
+                let classes = ckpt.tensors.get("classifier.1.weight").map(|w| w.shape()[0]);
+                let classes = classes.or(fallback.map(|f| f.num_classes)).unwrap_or(1000);
+                ArchConfig::efficientnet_lite0(classes, fallback.is_some_and(|f| f.cifar))
+            }
             None => fallback.cloned().ok_or_else(|| {
                 bad("carries no architecture metadata (a torchvision export?): give the architecture with --model, --width, --num-classes and --cifar".into())
             })?,

@@ -26,6 +26,7 @@ use serde_json::Value;
 use crate::module::{Entry, Module, state_dict};
 
 mod atomic;
+pub mod timm;
 
 pub use atomic::write_atomic;
 
