@@ -137,6 +137,42 @@ impl LatencyTable {
     }
 }
 
+#[cfg(test)]
+impl LatencyTable {
+    /// A made-up table for the tests: `arch` at `res`, network 10 ms, block `index` taking
+    /// `times(index)` = (original, merged) ms.
+    pub(crate) fn made_up(
+        arch: ArchConfig,
+        res: usize,
+        times: impl Fn(usize) -> (f64, f64),
+    ) -> LatencyTable {
+        let blocks = (1..=arch.spec().blocks.len())
+            .map(|index| {
+                let (unmerged_ms, merged_ms) = times(index);
+                BlockLatency {
+                    index,
+                    cin: 1,
+                    cout: 1,
+                    k: 3,
+                    stride: 1,
+                    size: 8,
+                    unmerged_ms,
+                    merged_ms,
+                }
+            })
+            .collect();
+        LatencyTable {
+            arch,
+            res,
+            batch: 1,
+            threads: 1,
+            blocks,
+            network_ms: 10.0,
+            merged_network_ms: 5.0,
+        }
+    }
+}
+
 /// Median time (ms) of each of `fs` over `runs` rounds after one warm-up round, the calls
 /// interleaved within each round so that a change of load on a shared machine hits all alike
 /// (measured one after the other, two identical blocks once timed 3.4 and 10.3 ms).

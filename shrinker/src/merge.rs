@@ -447,27 +447,9 @@ mod tests {
         assert_eq!(indices(blocks_to_merge(&net, false, None)), [2, 3, 5]);
         assert_eq!(indices(blocks_to_merge(&net, true, None)), [1, 2, 3, 5]);
         // A table where merging pays for indices 1 and 3 only.
-        let blocks = (1..=net.blocks.len())
-            .map(|index| crate::latency::BlockLatency {
-                index,
-                cin: 1,
-                cout: 1,
-                k: 3,
-                stride: 1,
-                size: 8,
-                unmerged_ms: 1.0,
-                merged_ms: if index == 1 || index == 3 { 0.5 } else { 2.0 },
-            })
-            .collect();
-        let table = LatencyTable {
-            arch,
-            res: 32,
-            batch: 1,
-            threads: 1,
-            blocks,
-            network_ms: 10.0,
-            merged_network_ms: 9.0,
-        };
+        let table = LatencyTable::made_up(arch, 32, |index| {
+            (1.0, if index == 1 || index == 3 { 0.5 } else { 2.0 })
+        });
         assert_eq!(indices(blocks_to_merge(&net, false, Some(&table))), [1, 3]);
     }
 }

@@ -352,32 +352,12 @@ mod tests {
     fn only_paying_merges_are_searchable() {
         let arch = ArchConfig::mobilenet_v2(0.35, 10, true);
         let n = arch.spec().num_acts();
-        let blocks = (1..n - 1)
-            .map(|index| crate::latency::BlockLatency {
-                index,
-                cin: 1,
-                cout: 1,
-                k: 3,
-                stride: 1,
-                size: 8,
-                unmerged_ms: 1.0,
-                // Blocks 2, 3 and 5 save time, block 4 breaks even, the rest are slower merged.
-                merged_ms: match index {
-                    2 | 3 | 5 => 0.5,
-                    4 => 1.0,
-                    _ => 2.0,
-                },
-            })
-            .collect();
-        let table = crate::latency::LatencyTable {
-            arch,
-            res: 8,
-            batch: 1,
-            threads: 1,
-            blocks,
-            network_ms: 10.0,
-            merged_network_ms: 5.0,
-        };
+        // Blocks 2, 3 and 5 save time, block 4 breaks even, the rest are slower merged.
+        let table = crate::latency::LatencyTable::made_up(arch, 8, |index| match index {
+            2 | 3 | 5 => (1.0, 0.5),
+            4 => (1.0, 1.0),
+            _ => (1.0, 2.0),
+        });
         let config = SearchConfig {
             only_if_merge_pays: true,
             searchable: Some((1..n - 1).filter(|&i| i != 5).collect()),
@@ -401,27 +381,9 @@ mod tests {
         let mut net = Network::new(&arch, 0);
         let n = net.num_acts();
         install_gates(&mut net, &SearchConfig::default()).unwrap();
-        let blocks = (1..n - 1)
-            .map(|index| crate::latency::BlockLatency {
-                index,
-                cin: 1,
-                cout: 1,
-                k: 3,
-                stride: 1,
-                size: 8,
-                unmerged_ms: if index == 3 { 3.0 } else { 1.0 },
-                merged_ms: 1.0,
-            })
-            .collect();
-        let table = crate::latency::LatencyTable {
-            arch,
-            res: 8,
-            batch: 1,
-            threads: 1,
-            blocks,
-            network_ms: 10.0,
-            merged_network_ms: 5.0,
-        };
+        let table = crate::latency::LatencyTable::made_up(arch, 8, |index| {
+            (if index == 3 { 3.0 } else { 1.0 }, 1.0)
+        });
         for (sign, want) in [
             (LatencySign::FavourRemoval, -0.1),
             (LatencySign::Official, 0.1),
