@@ -114,6 +114,10 @@ pub fn load_model(weights: &Path, arch: &ArchArgs, keep: Option<&str>) -> Result
     }
     let mut net =
         Network::from_checkpoint(&ckpt, Some(&arch.arch()?)).map_err(|e| e.to_string())?;
+    // timm's names say the architecture as metadata would (EfficientNet-Lite0, its classes).
+    if checkpoint::timm::is_timm(&ckpt.tensors) {
+        arch.check_stored(&net.arch, weights)?;
+    }
     if let Some(keep) = keep {
         let keep = parse_keep(keep)?;
         let stored = net.variant().keep;

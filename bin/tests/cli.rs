@@ -114,6 +114,20 @@ fn a_timm_efficientnet_lite0_file_loads_without_flags() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("EfficientNet-Lite0"), "{stdout}");
     assert!(stdout.contains("of 16 blocks"), "{stdout}");
+    // Flags that contradict what the names say are refused, not ignored.
+    let w = w.to_str().unwrap();
+    fails_with(
+        &[
+            "export",
+            "--weights",
+            w,
+            "--out",
+            onnx.to_str().unwrap(),
+            "--width",
+            "0.75",
+        ],
+        "--width 0.75 contradicts",
+    );
 }
 
 fn fails_with(args: &[&str], needle: &str) {
