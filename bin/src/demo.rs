@@ -180,6 +180,11 @@ pub fn run(args: &DemoArgs, cli_threads: Option<usize>) -> Result<(), String> {
         "search: which activations are redundant",
         "learns one score per activation while training with the highest-scored ones removed; the latency term pushes blocks whose merge saves the most towards removal",
     );
+    if search.only_if_merge_pays {
+        println!(
+            "   only blocks whose merge the table says saves time may lose their activations (search.only_if_merge_pays)"
+        );
+    }
     let stage_lr = args.stage_lr.unwrap_or(config.lr.lr() / 5.0);
     let mut search_config = config.clone();
     search_config.lr.set_lr(stage_lr);
