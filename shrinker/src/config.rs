@@ -433,9 +433,7 @@ impl SearchConfig {
             }
         }
     }
-}
 
-impl SearchConfig {
     /// This table with `searchable` narrowed to the blocks whose merge `latency` says saves time
     /// when `only_if_merge_pays` asks for it (unchanged otherwise). Errors when it asks without a
     /// table, or on an index outside 0..n.

@@ -88,8 +88,8 @@ pub(super) fn applies(g: &ConvGeom) -> bool {
 /// True when [`forward`] is also faster than im2col + GEMM for `g` (measured with `depthshrink
 /// latency` on MobileNetV2's merged blocks at batch 1, BENCHMARKS.md): at least 48 input
 /// channels (with fewer, each of the 16 products is too shallow to run near the GEMM's peak and
-/// the transforms dominate) and an output map of at least 8×8 (smaller ones make too few tiles
-/// per product, and a 7×7 map wastes 30% of its 8×8 of tiles).
+/// the transforms dominate), 16 output channels, and an output map of at least 8×8 (smaller
+/// ones make too few tiles per product, and a 7×7 map wastes 30% of its 8×8 of tiles).
 pub(super) fn pays(g: &ConvGeom) -> bool {
     applies(g) && g.cin >= MIN_CIN && g.cout >= 16 && g.out_h() >= 8 && g.out_w() >= 8
 }
@@ -200,27 +200,30 @@ fn transform_input(
                     p3[j] = o0[j] - o1[j];
                 }
             }
-            let mut at = |xi: usize| -> *mut f32 {
-                v[(xi * g.cin + ci) * tiles + k * tw..][..tw].as_mut_ptr()
-            };
+            // Along the column: V[a·4 + b] = row p ± row q of the patch, Bᵀ's two entries in
+            // row a (±1, so the sum is exact either way).
             for b in 0..4 {
                 let row = |i: usize| &rt[(i * 4 + b) * tw..][..tw];
-                let (d0, d1, d2, d3) = (row(0), row(1), row(2), row(3));
-                // SAFETY: four distinct rows of `v` (ξ = b, 4 + b, 8 + b, 12 + b), each `tw` long.
-                let (v0, v1, v2, v3) = unsafe {
-                    let s = |p: *mut f32| std::slice::from_raw_parts_mut(p, tw);
-                    (s(at(b)), s(at(4 + b)), s(at(8 + b)), s(at(12 + b)))
-                };
-                for j in 0..tw {
-                    v0[j] = d0[j] - d2[j];
-                    v1[j] = d1[j] + d2[j];
-                    v2[j] = d2[j] - d1[j];
-                    v3[j] = d1[j] - d3[j];
+                for (a, (p, q, minus)) in COLUMN.into_iter().enumerate() {
+                    let dst = &mut v[((a * 4 + b) * g.cin + ci) * tiles + k * tw..][..tw];
+                    let (x, y) = (row(p), row(q));
+                    if minus {
+                        for ((d, x), y) in dst.iter_mut().zip(x).zip(y) {
+                            *d = x - y;
+                        }
+                    } else {
+                        for ((d, x), y) in dst.iter_mut().zip(x).zip(y) {
+                            *d = x + y;
+                        }
+                    }
                 }
             }
         }
     }
 }
+
+/// Row a of Bᵀ as (p, q, minus): its nonzero entries are +1 at p and ±1 at q.
+const COLUMN: [(usize, usize, bool); 4] = [(0, 2, true), (1, 2, false), (2, 1, true), (1, 3, true)];
 
 /// Splits an input row, zero-padded by `pad` on the left (and as needed on the right), into its
 /// even and odd columns: `e[j] = row[2j - pad]`, `o[j] = row[2j + 1 - pad]`, 0 outside the row
